@@ -1,0 +1,81 @@
+"""Content-defined chunking (FastCDC, via the compiled ``pyfastcdc``).
+
+Boundaries depend only on content, so an insertion early in a file leaves later chunks
+unchanged. The parameters are a store setting written once (``storeconfig.py``): changing
+them changes every key and ruins deduplication. ``tests/cas/test_chunker.py`` pins the
+boundaries of a fixed input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from pyfastcdc import FastCDC
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class ChunkerParams:
+    min_size: int = 256 * KiB
+    avg_size: int = 1 * MiB
+    max_size: int = 4 * MiB
+
+    def to_dict(self) -> dict[str, int]:
+        return {"min_size": self.min_size, "avg_size": self.avg_size, "max_size": self.max_size}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, int]) -> ChunkerParams:
+        return cls(int(d["min_size"]), int(d["avg_size"]), int(d["max_size"]))
+
+
+class Chunker:
+    """Cuts buffers and streams into chunks. Thread-safe (``FastCDC`` holds no per-call state)."""
+
+    def __init__(self, params: ChunkerParams = ChunkerParams()) -> None:
+        self.params = params
+        self._cdc = FastCDC(
+            avg_size=params.avg_size,
+            min_size=params.min_size,
+            max_size=params.max_size,
+            normalized_chunking=1,
+            seed=0,
+        )
+        # A window holds several maximal chunks so that carrying the last (possibly cut
+        # short) chunk over to the next window costs little.
+        self.window = max(16 * MiB, 4 * params.max_size)
+
+    def cut(self, buf: bytes | bytearray | memoryview) -> list[memoryview]:
+        """All chunks of a complete buffer (views into ``buf``)."""
+        if not len(buf):
+            return []
+        view = memoryview(buf)
+        return [view[c.offset : c.offset + c.length] for c in self._cdc.cut_buf(view)]
+
+    def stream(self, f: BinaryIO) -> Iterator[list[memoryview]]:
+        """Chunks of a stream, a window at a time, identical to cutting the whole stream.
+
+        Each yielded list covers consecutive bytes. The views stay valid after the next
+        window is read (each window is a fresh buffer), but holding them holds memory.
+        Only the last chunk of a window can end at the window's edge rather than at a
+        content-defined boundary, so it is carried over and cut again with what follows.
+        """
+        carry = b""
+        while True:
+            want = self.window - len(carry)
+            data = f.read(want)
+            eof = len(data) < want
+            buf = carry + data if carry else data
+            if not buf:
+                return
+            chunks = self.cut(buf)
+            if eof:
+                yield chunks
+                return
+            last = chunks.pop()
+            carry = bytes(last)
+            if chunks:
+                yield chunks

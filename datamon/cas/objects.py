@@ -1,0 +1,329 @@
+"""Writing objects into packs and reading them back, verified.
+
+``PackWriter`` compresses objects (zstd, raw when that does not shrink them), appends them
+to an in-memory pack and, when the pack is full, uploads it in the background and then
+records its index rows: packs land before index rows, so the index never names a missing
+pack. ``ObjectReader`` looks objects up in the index, fetches byte ranges of packs
+(coalescing neighbours), decompresses and checks every object's BLAKE3 before returning it.
+
+The index is reached through the ``ObjectIndex`` protocol, which the metadata store
+implements without either package importing the other.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import zstandard
+
+from datamon.cas.blobstore import BlobStore
+from datamon.cas.cache import ChunkCache
+from datamon.cas.hashing import key_of
+from datamon.cas.pack import Compression, Kind, PackBuilder, pack_blob_name
+from datamon.errors import CorruptObject, MissingObject, NotFound
+
+IndexRow = tuple[bytes, str, int, int, int, int, int]
+
+
+class ObjectIndex(Protocol):
+    """What the CAS needs of the metadata store's object index."""
+
+    def lookup_objects(self, keys: Sequence[bytes]) -> Mapping[bytes, IndexRow]: ...
+
+    def add_pack(
+        self, name: str, size: int, entries: Sequence[tuple[bytes, int, int, int, int, int]]
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class Location:
+    key: bytes
+    pack: str
+    offset: int
+    length: int
+    raw_length: int
+    kind: int
+    compression: int
+
+    @classmethod
+    def from_row(cls, row: IndexRow) -> Location:
+        return cls(*row)
+
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    comps = getattr(_local, "comps", None)
+    if comps is None:
+        comps = _local.comps = {}
+    c = comps.get(level)
+    if c is None:
+        c = comps[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "dctx", None)
+    if d is None:
+        d = _local.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+def encode_object(raw: bytes | memoryview, level: int) -> tuple[bytes, int]:
+    """(stored bytes, compression) — raw when compression does not save at least 1/32."""
+    if level > 0 and len(raw) > 64:
+        comp = _compressor(level).compress(raw)
+        if len(comp) < len(raw) - (len(raw) >> 5):
+            return comp, Compression.ZSTD
+    return bytes(raw), Compression.NONE
+
+
+def decode_object(loc: Location, stored: bytes, where: str) -> bytes:
+    """Decompress and verify one object; raises ``CorruptObject`` naming it."""
+    key = loc.key
+    if len(stored) != loc.length:
+        raise CorruptObject(key.hex(), where, "short read")
+    if loc.compression == Compression.ZSTD:
+        try:
+            raw = _decompressor().decompress(stored, max_output_size=loc.raw_length)
+        except zstandard.ZstdError as e:
+            raise CorruptObject(key.hex(), where, f"zstd: {e}") from None
+    elif loc.compression == Compression.NONE:
+        raw = bytes(stored)
+    else:
+        raise CorruptObject(key.hex(), where, f"unknown compression {loc.compression}")
+    if len(raw) != loc.raw_length:
+        raise CorruptObject(key.hex(), where, "wrong length")
+    if loc.kind == Kind.FILEMAP:
+        from datamon.cas.filemap import check_filemap
+
+        if not check_filemap(raw):
+            raise CorruptObject(key.hex(), where, "file map checksum mismatch")
+    elif key_of(raw) != key:
+        raise CorruptObject(key.hex(), where, "hash mismatch")
+    return raw
+
+
+class PackWriter:
+    """Thread-safe writer of objects into packs. Call ``flush`` before anything refers to them.
+
+    ``claim`` makes deduplication within one upload race-free: only the first thread to
+    claim a key writes it.
+    """
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        index: ObjectIndex,
+        *,
+        level: int = 3,
+        pack_size: int = 32 << 20,
+        uploaders: int = 2,
+    ) -> None:
+        self.blobs = blobs
+        self.index = index
+        self.level = level
+        self.pack_size = pack_size
+        self._lock = threading.Lock()
+        self._claimed: set[bytes] = set()
+        self._builder = PackBuilder()
+        self._pool = ThreadPoolExecutor(max_workers=uploaders, thread_name_prefix="datamon-pack")
+        self._pending: list[Future[None]] = []
+        self._slots = threading.Semaphore(uploaders + 1)  # bounds packs held in memory
+        self.stored_bytes = 0
+        self.written_objects = 0
+        self.packs_written = 0
+
+    def claim(self, key: bytes) -> bool:
+        """True if the caller should write ``key`` (nobody in this writer has claimed it)."""
+        with self._lock:
+            if key in self._claimed:
+                return False
+            self._claimed.add(key)
+            return True
+
+    def mark_present(self, keys: Iterable[bytes]) -> None:
+        """Record keys known to be stored already (from the index) so they are not written."""
+        with self._lock:
+            self._claimed.update(keys)
+
+    def is_claimed(self, key: bytes) -> bool:
+        return key in self._claimed
+
+    def write(self, key: bytes, raw: bytes | memoryview, kind: int) -> None:
+        """Compress (outside the lock) and append one claimed object."""
+        stored, comp = encode_object(raw, self.level if kind == Kind.CHUNK else max(self.level, 3))
+        full = None
+        with self._lock:
+            self._builder.add(key, stored, len(raw), kind, comp)
+            self.stored_bytes += len(stored)
+            self.written_objects += 1
+            if len(self._builder) >= self.pack_size:
+                full, self._builder = self._builder, PackBuilder()
+        if full is not None:
+            self._submit(full)
+
+    def _submit(self, builder: PackBuilder) -> None:
+        self._slots.acquire()
+        try:
+            fut = self._pool.submit(self._upload, builder)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._pending.append(fut)
+
+    def _upload(self, builder: PackBuilder) -> None:
+        try:
+            name, data, entries = builder.finish()
+            self.blobs.put(pack_blob_name(name), data)
+            self.index.add_pack(name, len(data), [e.as_tuple() for e in entries])
+            with self._lock:
+                self.packs_written += 1
+        finally:
+            self._slots.release()
+
+    def flush(self) -> None:
+        """Upload the open pack and wait for every upload; re-raises the first failure."""
+        with self._lock:
+            full = self._builder if self._builder.count else None
+            if full is not None:
+                self._builder = PackBuilder()
+        if full is not None:
+            self._submit(full)
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for fut in pending:
+            fut.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ObjectReader:
+    """Verified reads of objects by key. Thread-safe."""
+
+    def __init__(
+        self, blobs: BlobStore, index: ObjectIndex, cache: ChunkCache | None = None, tree_cache: int = 4096
+    ) -> None:
+        self.blobs = blobs
+        self.index = index
+        self.cache = cache
+        self._locs: OrderedDict[bytes, Location] = OrderedDict()
+        self._small: OrderedDict[bytes, bytes] = OrderedDict()  # trees and file maps
+        self._small_max = tree_cache
+        self._lock = threading.Lock()
+
+    def locate(self, keys: Sequence[bytes]) -> dict[bytes, Location]:
+        """Index locations of ``keys``; raises ``MissingObject`` for the first key not indexed."""
+        out: dict[bytes, Location] = {}
+        todo = []
+        with self._lock:
+            for k in keys:
+                loc = self._locs.get(k)
+                if loc is None:
+                    todo.append(k)
+                else:
+                    out[k] = loc
+        if todo:
+            rows = self.index.lookup_objects(todo)
+            with self._lock:
+                for k in todo:
+                    row = rows.get(k)
+                    if row is None:
+                        raise MissingObject(k.hex(), "not in the object index")
+                    loc = Location.from_row(row)
+                    out[k] = loc
+                    self._locs[k] = loc
+                while len(self._locs) > 200_000:
+                    self._locs.popitem(last=False)
+        return out
+
+    def kind_of(self, key: bytes) -> int:
+        return self.locate([key])[key].kind
+
+    def get(self, key: bytes) -> bytes:
+        """The verified bytes of one object."""
+        with self._lock:
+            small = self._small.get(key)
+        if small is not None:
+            return small
+        if self.cache is not None:
+            data = self.cache.get(key)
+            if data is not None:
+                return data
+        loc = self.locate([key])[key]
+        data = self._fetch(loc)
+        if loc.kind == Kind.CHUNK:
+            if self.cache is not None:
+                self.cache.put(key, data)
+        else:
+            with self._lock:
+                self._small[key] = data
+                while len(self._small) > self._small_max:
+                    self._small.popitem(last=False)
+        return data
+
+    def _fetch(self, loc: Location) -> bytes:
+        name = pack_blob_name(loc.pack)
+        try:
+            stored = self.blobs.get(name, loc.offset, loc.offset + loc.length)
+        except NotFound:
+            raise MissingObject(loc.key.hex(), f"pack {loc.pack} is missing from the blob store") from None
+        return decode_object(loc, stored, f"pack {loc.pack}")
+
+    def get_many(
+        self, keys: Sequence[bytes], *, gap: int = 1 << 20, span: int = 16 << 20
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Verified (key, bytes) for every distinct key, in pack order, fetching neighbouring
+        objects of one pack with one ranged read (holes up to ``gap`` bytes are read through)."""
+        distinct = list(dict.fromkeys(keys))
+        found: list[tuple[bytes, bytes]] = []
+        todo = []
+        for k in distinct:
+            data = self.cache.get(k) if self.cache is not None else None
+            if data is None:
+                todo.append(k)
+            else:
+                found.append((k, data))
+        yield from found
+        if not todo:
+            return
+        locs = self.locate(todo)
+        by_pack: dict[str, list[Location]] = {}
+        for loc in locs.values():
+            by_pack.setdefault(loc.pack, []).append(loc)
+        for pack, items in by_pack.items():
+            items.sort(key=lambda lc: lc.offset)
+            run: list[Location] = []
+            for loc in items:
+                if run and (
+                    loc.offset - (run[-1].offset + run[-1].length) > gap
+                    or loc.offset + loc.length - run[0].offset > span
+                ):
+                    yield from self._fetch_run(pack, run)
+                    run = []
+                run.append(loc)
+            if run:
+                yield from self._fetch_run(pack, run)
+
+    def _fetch_run(self, pack: str, run: list[Location]) -> Iterator[tuple[bytes, bytes]]:
+        if len(run) == 1:
+            yield run[0].key, self._fetch(run[0])
+            return
+        start = run[0].offset
+        end = max(lc.offset + lc.length for lc in run)
+        try:
+            blob = self.blobs.get(pack_blob_name(pack), start, end)
+        except NotFound:
+            raise MissingObject(run[0].key.hex(), f"pack {pack} is missing from the blob store") from None
+        view = memoryview(blob)
+        for lc in run:
+            stored = view[lc.offset - start : lc.offset - start + lc.length]
+            yield lc.key, decode_object(lc, bytes(stored), f"pack {pack}")

@@ -1,0 +1,51 @@
+"""The store's own settings, written once into the blob store as ``datamon-store.json``.
+
+Chunker parameters decide every key, so they belong to the store, not to a client: two
+clients with different defaults writing to one bucket must still deduplicate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from datamon.cas.blobstore import BlobStore
+from datamon.cas.chunker import ChunkerParams
+from datamon.errors import NotFound, StoreUnavailable
+
+CONFIG_NAME = "datamon-store.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    chunker: ChunkerParams
+    format: int = FORMAT_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps({"format": self.format, "chunker": self.chunker.to_dict()}, sort_keys=True).encode()
+
+
+def load_or_create(blobs: BlobStore, default: ChunkerParams | None = None) -> StoreConfig:
+    """Read the store's settings, writing ``default`` first if the store is new."""
+    try:
+        raw = blobs.get(CONFIG_NAME)
+    except NotFound:
+        cfg = StoreConfig(default or ChunkerParams())
+        blobs.put(CONFIG_NAME, cfg.to_json())
+        # Re-read: if another process created the store at the same moment, its settings win.
+        raw = blobs.get(CONFIG_NAME)
+    try:
+        d = json.loads(raw)
+        fmt = int(d["format"])
+        params = ChunkerParams.from_dict(d["chunker"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise StoreUnavailable(
+            f"{CONFIG_NAME} in {blobs.url} is unreadable ({e})", "restore it from a backup of the store"
+        ) from None
+    if fmt > FORMAT_VERSION:
+        raise StoreUnavailable(
+            f"blob store {blobs.url} has format {fmt}, newer than this datamon understands",
+            "upgrade datamon",
+        )
+    return StoreConfig(params, fmt)
