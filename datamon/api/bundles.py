@@ -1,0 +1,194 @@
+"""Bundles: the record whose hash is the id, resolving ids/labels, walking and reading trees."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
+
+from datamon.errors import NotFound, UsageError
+
+if TYPE_CHECKING:
+    from datamon.api.context import Context
+    from datamon.cas.tree import TreeEntry
+    from datamon.meta.records import BundleRecord
+
+RECORD_VERSION = 1
+
+
+def encode_record(
+    *,
+    repo: str,
+    tree: str,
+    parents: Sequence[str],
+    message: str,
+    contributor_name: str,
+    contributor_email: str,
+    time_ns: int,
+    file_count: int,
+    total_size: int,
+) -> bytes:
+    """Canonical bundle record (docs/format.md): compact JSON, sorted keys, UTF-8."""
+    record = {
+        "contributor": {"email": contributor_email, "name": contributor_name},
+        "files": file_count,
+        "message": message,
+        "parents": list(parents),
+        "repo": repo,
+        "size": total_size,
+        "time_ns": time_ns,
+        "tree": tree,
+        "version": RECORD_VERSION,
+    }
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def make_bundle(**fields: object) -> BundleRecord:
+    from datamon.cas.hashing import key_of
+    from datamon.meta.records import BundleRecord
+
+    raw = encode_record(**fields)  # type: ignore[arg-type]
+    return BundleRecord(
+        id=key_of(raw).hex(),
+        repo=str(fields["repo"]),
+        tree=str(fields["tree"]),
+        parents=tuple(fields["parents"]),  # type: ignore[call-overload]
+        message=str(fields["message"]),
+        contributor_name=str(fields["contributor_name"]),
+        contributor_email=str(fields["contributor_email"]),
+        created_ns=int(fields["time_ns"]),  # type: ignore[call-overload]
+        file_count=int(fields["file_count"]),  # type: ignore[call-overload]
+        total_size=int(fields["total_size"]),  # type: ignore[call-overload]
+        record=raw,
+    )
+
+
+def check_record(b: BundleRecord) -> None:
+    """Raise ``IntegrityError`` unless the stored record hashes to the bundle id."""
+    from datamon.cas.hashing import key_of
+    from datamon.errors import IntegrityError
+
+    if key_of(b.record).hex() != b.id:
+        raise IntegrityError(
+            f"bundle {b.id} in repo {b.repo}: its record does not hash to its id",
+            "restore the metadata database from a backup",
+        )
+    try:
+        tree = json.loads(b.record)["tree"]
+    except (ValueError, KeyError):
+        tree = None
+    if tree != b.tree:
+        raise IntegrityError(
+            f"bundle {b.id}: record and tree column disagree", "restore the metadata database"
+        )
+
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+def resolve(ctx: Context, repo: str, *, bundle: str | None = None, label: str | None = None) -> BundleRecord:
+    """The bundle named by an id (or unique prefix of 6+ hex chars), a label, or neither
+    (the latest bundle). Raises ``NotFound``, ``AmbiguousId`` or ``UsageError``."""
+    if bundle and label:
+        raise UsageError("give either --bundle or --label, not both")
+    meta = ctx.meta
+    if label:
+        rec = meta.get_bundle(repo, meta.get_label(repo, label).bundle_id)
+    elif bundle:
+        b = bundle.strip().lower()
+        if not _HEX.match(b):
+            raise UsageError(
+                f"{bundle!r} is not a bundle id", "bundle ids are hex; see `datamon bundle list`"
+            )
+        rec = meta.get_bundle(repo, b) if len(b) == 64 else meta.resolve_bundle(repo, b)
+    else:
+        latest = meta.latest_bundle(repo)
+        if latest is None:
+            meta.get_repo(repo)  # NotFound for an unknown repo
+            raise NotFound(
+                f"repo {repo!r} has no bundles yet", f"upload one with `datamon bundle upload --repo {repo}`"
+            )
+        rec = latest
+    check_record(rec)
+    return rec
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of a bundle with its path relative to the bundle root (``/``-separated)."""
+
+    path: str
+    entry: TreeEntry
+
+    @property
+    def size(self) -> int:
+        return self.entry.size
+
+
+def split_path(path: str) -> list[str]:
+    """Components of a bundle path; rejects anything that would escape the bundle."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts) or path.startswith("/"):
+        raise UsageError(f"path {path!r} escapes the bundle", "give a path relative to the bundle root")
+    return parts
+
+
+def iter_entries(
+    ctx: Context, b: BundleRecord, *, files_only: bool = False, name_filter: str | None = None
+) -> Iterator[Entry]:
+    """Every entry of the bundle, depth-first in name order. Identical subtrees are read once."""
+    cas = ctx.cas
+    pattern = re.compile(name_filter) if name_filter else None
+
+    def walk(tree_key: bytes, prefix: str) -> Iterator[Entry]:
+        for e in cas.read_tree(tree_key):
+            path = f"{prefix}{e.name}"
+            if e.is_dir:
+                if not files_only and (pattern is None or pattern.search(path)):
+                    yield Entry(path, e)
+                yield from walk(e.key, path + "/")
+            elif pattern is None or pattern.search(path):
+                yield Entry(path, e)
+
+    yield from walk(bytes.fromhex(b.tree), "")
+
+
+def lookup(ctx: Context, b: BundleRecord, path: str) -> TreeEntry:
+    """The entry at ``path`` in bundle ``b``; raises ``NotFound``."""
+    from datamon.cas.tree import EntryKind, TreeEntry
+
+    parts = split_path(path)
+    tree = bytes.fromhex(b.tree)
+    entry = TreeEntry("", EntryKind.DIR, 0o755, b.created_ns, b.total_size, tree)
+    for i, part in enumerate(parts):
+        if not entry.is_dir:
+            break
+        found = [e for e in ctx.cas.read_tree(entry.key) if e.name == part]
+        if not found:
+            break
+        entry = found[0]
+        if i == len(parts) - 1:
+            return entry
+    else:
+        if not parts:
+            return entry
+    raise NotFound(
+        f"no file {path!r} in bundle {b.id[:12]} of repo {b.repo}",
+        f"list its files with `datamon bundle list files --repo {b.repo} --bundle {b.id[:12]}`",
+    )
+
+
+def open_file(
+    ctx: Context, repo: str, path: str, *, bundle: str | None = None, label: str | None = None
+) -> BinaryIO:
+    """A lazy, seekable, read-only file object for one file of a bundle."""
+    import io
+
+    b = resolve(ctx, repo, bundle=bundle, label=label)
+    e = lookup(ctx, b, path)
+    if not e.is_file:
+        raise UsageError(f"{path!r} in bundle {b.id[:12]} is not a regular file")
+    raw = ctx.cas.open_file(e.key, e.size)
+    return io.BufferedReader(raw, buffer_size=1 << 20)  # type: ignore[return-value]

@@ -1,0 +1,142 @@
+"""``Context``: an open pair of stores (blob + metadata) and the entry point of the Python API.
+
+The metadata store and the content store open lazily, so a command that only reads a
+label never touches the blob store. Every verb is a function in its own module taking the
+context first; the methods here are the same verbs for notebooks and pipelines.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from datamon.config import Contributor
+
+if TYPE_CHECKING:
+    from datamon.api.bundles import Entry
+    from datamon.api.download import DownloadResult
+    from datamon.api.upload import UploadResult
+    from datamon.cas.store import ContentStore
+    from datamon.meta.records import BundleRecord, LabelRecord, RepoRecord
+    from datamon.meta.store import MetadataStore
+
+
+class Context:
+    def __init__(
+        self,
+        blob_url: str,
+        meta_url: str,
+        *,
+        name: str = "",
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_bytes: int = 1 << 30,
+        contributor: Contributor | None = None,
+        compression_level: int | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.name = name or blob_url
+        self.blob_url = blob_url
+        self.meta_url = meta_url
+        self.cache_dir = str(cache_dir) if cache_dir else None
+        self.cache_bytes = cache_bytes
+        self._contributor = contributor
+        self.compression_level = compression_level
+        self.state_dir = Path(state_dir) if state_dir else None  # stat cache lives here
+
+    @cached_property
+    def meta(self) -> MetadataStore:
+        from datamon.meta.store import MetadataStore
+
+        return MetadataStore(self.meta_url)
+
+    @cached_property
+    def cas(self) -> ContentStore:
+        from datamon.cas.blobstore import open_blobstore
+        from datamon.cas.store import DEFAULT_LEVEL, ContentStore
+
+        blobs = open_blobstore(self.blob_url)
+        level = DEFAULT_LEVEL if self.compression_level is None else self.compression_level
+        return ContentStore(
+            blobs, self.meta, cache_dir=self.cache_dir, cache_bytes=self.cache_bytes, level=level
+        )
+
+    @property
+    def contributor(self) -> Contributor:
+        if self._contributor is None:
+            from datamon import config
+
+            self._contributor = config.contributor()
+        return self._contributor
+
+    def close(self) -> None:
+        if "meta" in self.__dict__:
+            self.meta.close()
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the verbs, for notebooks ----------------------------------------------------------
+    def create_repo(self, repo: str, description: str = "") -> RepoRecord:
+        return self.meta.create_repo(repo, description)
+
+    def list_repos(self) -> list[RepoRecord]:
+        return self.meta.list_repos()
+
+    def upload(self, repo: str, path: str | os.PathLike[str], message: str, **kw: Any) -> UploadResult:
+        from datamon.api.upload import upload
+
+        return upload(self, repo, path, message=message, **kw)
+
+    def download(self, repo: str, destination: str | os.PathLike[str], **kw: Any) -> DownloadResult:
+        from datamon.api.download import download
+
+        return download(self, repo, destination, **kw)
+
+    def bundle(self, repo: str, bundle: str | None = None, label: str | None = None) -> BundleRecord:
+        from datamon.api.bundles import resolve
+
+        return resolve(self, repo, bundle=bundle, label=label)
+
+    def list_bundles(self, repo: str) -> list[BundleRecord]:
+        return self.meta.list_bundles(repo)
+
+    def entries(self, repo: str, bundle: str | None = None, label: str | None = None) -> Iterator[Entry]:
+        from datamon.api.bundles import iter_entries, resolve
+
+        return iter_entries(self, resolve(self, repo, bundle=bundle, label=label))
+
+    def open_file(
+        self, repo: str, path: str, bundle: str | None = None, label: str | None = None
+    ) -> BinaryIO:
+        from datamon.api.bundles import open_file
+
+        return open_file(self, repo, path, bundle=bundle, label=label)
+
+    def set_label(self, repo: str, label: str, bundle: str, **kw: Any) -> LabelRecord:
+        from datamon.api.labels import set_label
+
+        return set_label(self, repo, label, bundle, **kw)
+
+    def get_label(self, repo: str, label: str) -> LabelRecord:
+        return self.meta.get_label(repo, label)
+
+
+def connect(context: str | None = None, **kwargs: Any) -> Context:
+    """Open a context from ``$DATAMON_HOME/config.toml`` (the embedded default when unconfigured)."""
+    from datamon import config
+
+    cc = config.get_context(context)
+    h = config.home()
+    kwargs.setdefault("cache_dir", h / "cache" / "chunks")
+    kwargs.setdefault("state_dir", h / "cache")
+    kwargs.setdefault("cache_bytes", int(config.get_value("cache.max_bytes", 1 << 30)))
+    level = config.get_value("upload.compression_level")
+    if level is not None:
+        kwargs.setdefault("compression_level", int(level))
+    return Context(cc.blob_url, cc.meta_url, name=cc.name, **kwargs)

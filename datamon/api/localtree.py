@@ -1,0 +1,110 @@
+"""Scanning a local directory into the shape of a bundle (without reading file contents)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from datamon.errors import UsageError
+
+
+@dataclass
+class LocalFile:
+    path: str  # absolute
+    st: os.stat_result
+
+
+@dataclass
+class LocalDir:
+    path: str
+    st: os.stat_result
+    files: dict[str, LocalFile] = field(default_factory=dict)
+    links: dict[str, tuple[str, os.stat_result]] = field(default_factory=dict)
+    dirs: dict[str, LocalDir] = field(default_factory=dict)
+
+    def iter_files(self) -> Iterator[LocalFile]:
+        yield from self.files.values()
+        for d in self.dirs.values():
+            yield from d.iter_files()
+
+
+OnError = Callable[[str, OSError], None]
+
+
+def check_root(path: str | os.PathLike[str]) -> str:
+    p = os.path.abspath(os.fspath(path))
+    if not os.path.lexists(p):
+        raise UsageError(
+            f"path {os.fspath(path)!r} does not exist", "give the directory to upload with --path"
+        )
+    if not os.path.isdir(p):
+        raise UsageError(
+            f"path {os.fspath(path)!r} is not a directory",
+            "--path takes a directory; to version one file, put it in a directory",
+        )
+    return p
+
+
+def scan(root: str, on_error: OnError) -> LocalDir:
+    """The whole tree under ``root``. Symlinks are recorded as links and never followed;
+    sockets, fifos and devices are skipped. ``on_error`` decides about unreadable entries
+    (raise to fail, return to skip)."""
+    top = LocalDir(root, os.stat(root))
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            it = list(os.scandir(d.path))
+        except OSError as e:
+            on_error(d.path, e)
+            continue
+        for e in it:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError as err:
+                on_error(e.path, err)
+                continue
+            if stat.S_ISREG(st.st_mode):
+                d.files[e.name] = LocalFile(e.path, st)
+            elif stat.S_ISDIR(st.st_mode):
+                sub = LocalDir(e.path, st)
+                d.dirs[e.name] = sub
+                stack.append(sub)
+            elif stat.S_ISLNK(st.st_mode):
+                try:
+                    d.links[e.name] = (os.readlink(e.path), st)
+                except OSError as err:
+                    on_error(e.path, err)
+    return top
+
+
+def scan_listed(root: str, relpaths: list[str], on_error: OnError) -> LocalDir:
+    """Only the listed files (relative to ``root``), with the directories that hold them."""
+    top = LocalDir(root, os.stat(root))
+    for rel in relpaths:
+        parts = [p for p in rel.strip().split("/") if p not in ("", ".")]
+        if not parts:
+            continue
+        if ".." in parts:
+            raise UsageError(f"listed path {rel!r} escapes {root}", "list paths relative to --path")
+        d = top
+        try:
+            for part in parts[:-1]:
+                if part not in d.dirs:
+                    p = os.path.join(d.path, part)
+                    d.dirs[part] = LocalDir(p, os.stat(p))
+                d = d.dirs[part]
+            p = os.path.join(d.path, parts[-1])
+            st = os.lstat(p)
+        except OSError as e:
+            on_error(os.path.join(root, rel), e)
+            continue
+        if stat.S_ISREG(st.st_mode):
+            d.files[parts[-1]] = LocalFile(p, st)
+        elif stat.S_ISLNK(st.st_mode):
+            d.links[parts[-1]] = (os.readlink(p), st)
+        elif stat.S_ISDIR(st.st_mode):
+            d.dirs[parts[-1]] = scan(p, on_error)
+    return top

@@ -1,0 +1,348 @@
+"""``datamon bundle upload|download|list|get|diff|update`` (and ``download file``, ``list files``)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from datamon.cli.common import (
+    bundle_ref_options,
+    concurrency_option,
+    context_option,
+    open_context,
+    repo_option,
+    stderr,
+)
+from datamon.cli.render import RichProgress, bundle_row, emit, human_size, output_options
+
+
+@click.group()
+def bundle() -> None:
+    """Upload, download, list, compare and update bundles."""
+
+
+def _bundle_text(row: dict[str, object]) -> str:
+    labels = f"\t[{', '.join(row['labels'])}]" if row["labels"] else ""  # type: ignore[arg-type]
+    return f"{row['id']}\t{row['time']}\t{row['contributor']}\t{row['message']}{labels}"
+
+
+@bundle.command("upload")
+@repo_option()
+@click.option("--path", required=True, type=click.Path(), help="Directory to upload.")
+@click.option("--message", required=True, help="What this bundle is.")
+@click.option("--label", help="Point this label at the new bundle.")
+@click.option(
+    "--files",
+    "files_list",
+    type=click.File("r"),
+    help="File listing the paths (relative to --path) to upload.",
+)
+@click.option(
+    "--skip-on-error", is_flag=True, help="Skip unreadable files and report them instead of failing."
+)
+@click.option(
+    "--parent", "parents", multiple=True, metavar="ID", help="Parent bundle(s) (default: the latest)."
+)
+@concurrency_option
+@output_options
+@context_option
+def bundle_upload(
+    repo: str,
+    path: str,
+    message: str,
+    label: str | None,
+    files_list: object,
+    skip_on_error: bool,
+    parents: tuple[str, ...],
+    concurrency: int | None,
+    as_json: bool,
+    fmt: str | None,
+) -> None:
+    """Upload a directory as a new bundle; prints the bundle id.
+
+    \b
+    Example:
+      datamon bundle upload --repo mnist --path ./data --message "add test split" --label prod
+    """
+    from datamon.api.upload import upload
+
+    files = None
+    if files_list is not None:
+        files = [ln.rstrip("\n") for ln in files_list if ln.strip()]  # type: ignore[attr-defined]
+    dm = open_context()
+    r = upload(
+        dm,
+        repo,
+        path,
+        message=message,
+        label=label,
+        files=files,
+        skip_on_error=skip_on_error,
+        parents=list(parents) or None,
+        concurrency=concurrency,
+        progress=RichProgress("upload"),
+    )
+    for p, err in r.skipped:
+        stderr(f"skipped {p}: {err}")
+    row = bundle_row(r.bundle, [label] if label else [])
+    row.update(
+        read_files=r.read_files,
+        new_bytes=r.new_bytes,
+        stored_bytes=r.stored_bytes,
+        skipped=[p for p, _ in r.skipped],
+        seconds=round(r.seconds, 3),
+    )
+    emit([row], as_json=as_json, fmt=fmt, text=lambda row: str(row["id"]))
+    stderr(
+        f"uploaded {r.files} files ({human_size(r.bytes)}) in {r.seconds:.1f}s: "
+        f"{r.read_files} read, {human_size(r.new_bytes)} new, {human_size(r.stored_bytes)} stored"
+        + (f", {len(r.skipped)} skipped" if r.skipped else "")
+    )
+
+
+@bundle.group("download", invoke_without_command=True)
+@repo_option(required=False)
+@bundle_ref_options
+@click.option("--destination", type=click.Path(), help="Directory to write into (must be empty).")
+@click.option("--name-filter", metavar="REGEX", help="Only paths matching this regular expression.")
+@click.option(
+    "--force-dest", is_flag=True, help="Allow a non-empty destination; files in the way are replaced."
+)
+@concurrency_option
+@context_option
+@click.pass_context
+def bundle_download(
+    ctx: click.Context,
+    repo: str | None,
+    bundle: str | None,
+    label: str | None,
+    destination: str | None,
+    name_filter: str | None,
+    force_dest: bool,
+    concurrency: int | None,
+) -> None:
+    """Download a bundle (the latest without --bundle/--label) into a directory.
+
+    \b
+    Example:
+      datamon bundle download --repo mnist --label prod --destination ./mnist
+      datamon bundle download file --repo mnist --label prod --file train/labels.csv --destination .
+    """
+    if ctx.invoked_subcommand:
+        return
+    if not repo or not destination:
+        raise click.UsageError("--repo and --destination are required")
+    from datamon.api.download import download
+
+    r = download(
+        open_context(),
+        repo,
+        destination,
+        bundle=bundle,
+        label=label,
+        name_filter=name_filter,
+        force_dest=force_dest,
+        concurrency=concurrency,
+        progress=RichProgress("download"),
+    )
+    stderr(
+        f"downloaded bundle {r.bundle.id[:12]}: {r.files} files ({human_size(r.bytes)}) in {r.seconds:.1f}s"
+    )
+
+
+@bundle_download.command("file")
+@repo_option()
+@bundle_ref_options
+@click.option("--file", "path", required=True, help="Path of the file inside the bundle.")
+@click.option("--destination", required=True, type=click.Path(), help="Directory to write into.")
+@context_option
+def bundle_download_file(
+    repo: str, bundle: str | None, label: str | None, path: str, destination: str
+) -> None:
+    """Download one file of a bundle to DESTINATION/PATH.
+
+    \b
+    Example:
+      datamon bundle download file --repo mnist --label prod --file train/labels.csv --destination .
+    """
+    from datamon.api.download import download_file
+
+    out = download_file(open_context(), repo, path, destination, bundle=bundle, label=label)
+    stderr(f"wrote {out}")
+
+
+@bundle.group("list", invoke_without_command=True)
+@repo_option(required=False)
+@output_options
+@context_option
+@click.pass_context
+def bundle_list(ctx: click.Context, repo: str | None, as_json: bool, fmt: str | None) -> None:
+    """List a repo's bundles, newest first.
+
+    \b
+    Example:
+      datamon bundle list --repo mnist
+      datamon bundle list files --repo mnist --label prod --name-filter '\\.csv$'
+    """
+    if ctx.invoked_subcommand:
+        return
+    if not repo:
+        raise click.UsageError("--repo is required")
+    dm = open_context()
+    labels = dm.meta.labels_by_bundle(repo)
+    rows = (bundle_row(b, labels.get(b.id, [])) for b in dm.meta.list_bundles(repo))
+    emit(rows, as_json=as_json, fmt=fmt, text=_bundle_text)
+
+
+@bundle_list.command("files")
+@repo_option()
+@bundle_ref_options
+@click.option("--name-filter", metavar="REGEX", help="Only paths matching this regular expression.")
+@output_options
+@context_option
+def bundle_list_files(
+    repo: str, bundle: str | None, label: str | None, name_filter: str | None, as_json: bool, fmt: str | None
+) -> None:
+    """List the files of a bundle (the latest without --bundle/--label).
+
+    \b
+    Example:
+      datamon bundle list files --repo mnist --bundle 3fa2c1 --json
+    """
+    from datamon.api.bundles import iter_entries, resolve
+    from datamon.cli.render import iso
+
+    dm = open_context()
+    b = resolve(dm, repo, bundle=bundle, label=label)
+    rows = (
+        {
+            "path": e.path,
+            "kind": e.entry.kind.name.lower(),
+            "size": e.entry.size,
+            "mode": f"{e.entry.mode:o}",
+            "mtime": iso(e.entry.mtime_ns),
+            "key": e.entry.key.hex() if e.entry.is_file else "",
+            "target": e.entry.target,
+        }
+        for e in iter_entries(dm, b, files_only=True, name_filter=name_filter)
+    )
+    emit(
+        rows,
+        as_json=as_json,
+        fmt=fmt,
+        text=lambda r: f"{r['path']}\t{r['size']}" + (f"\t-> {r['target']}" if r["target"] else ""),
+    )
+
+
+@bundle.command("get")
+@repo_option()
+@bundle_ref_options
+@output_options
+@context_option
+def bundle_get(repo: str, bundle: str | None, label: str | None, as_json: bool, fmt: str | None) -> None:
+    """Show one bundle (the latest without --bundle/--label).
+
+    \b
+    Example:
+      datamon bundle get --repo mnist --label prod --format '{id}'
+    """
+    from datamon.api.bundles import resolve
+
+    dm = open_context()
+    b = resolve(dm, repo, bundle=bundle, label=label)
+    labels = dm.meta.labels_by_bundle(repo).get(b.id, [])
+    emit(
+        [bundle_row(b, labels)],
+        as_json=as_json,
+        fmt=fmt,
+        text=lambda r: "\n".join(f"{k}: {v}" for k, v in r.items()),
+    )
+
+
+@bundle.command("diff")
+@repo_option()
+@click.argument("range_", metavar="[A..B]", required=False)
+@bundle_ref_options
+@click.option("--destination", type=click.Path(), help="Compare this directory (a download) with the bundle.")
+@output_options
+@context_option
+def bundle_diff(
+    repo: str,
+    range_: str | None,
+    bundle: str | None,
+    label: str | None,
+    destination: str | None,
+    as_json: bool,
+    fmt: str | None,
+) -> None:
+    """Show what changed between two bundles, or between a directory and a bundle.
+
+    Lines are 'A path' (added), 'U path' (updated) and 'D path' (deleted), going from A to
+    B, or from the directory to the bundle. A and B are ids, id prefixes or label names.
+    Exits 0 whether or not there are differences.
+
+    \b
+    Example:
+      datamon bundle diff --repo mnist 3fa2c1..prod
+      datamon bundle diff --repo mnist --label prod --destination ./mnist
+    """
+    from datamon.api import diff as d
+
+    dm = open_context()
+    if destination:
+        if range_:
+            raise click.UsageError("give either A..B or --destination, not both")
+        changes = d.diff_destination(dm, repo, destination, bundle=bundle, label=label)
+    else:
+        if not range_ or ".." not in range_:
+            raise click.UsageError("give a range A..B of two bundles, or --destination DIR")
+        a, _, b = range_.partition("..")
+        changes = d.diff_bundles(dm, repo, a, b)
+    emit((c.as_dict() for c in changes), as_json=as_json, fmt=fmt, text=lambda r: f"{r['op']} {r['path']}")
+
+
+@bundle.command("update")
+@repo_option()
+@bundle_ref_options
+@click.option("--destination", required=True, type=click.Path(), help="Directory of an earlier download.")
+@context_option
+def bundle_update(repo: str, bundle: str | None, label: str | None, destination: str) -> None:
+    """Make a directory equal to a bundle, transferring only what differs.
+
+    \b
+    Example:
+      datamon bundle update --repo mnist --label prod --destination ./mnist
+    """
+    from datamon.api.diff import update
+
+    r = update(open_context(), repo, destination, bundle=bundle, label=label, progress=RichProgress("update"))
+    counts = {op: sum(1 for c in r.changes if c.op == op) for op in "AUD"}
+    stderr(f"updated {destination}: {counts['A']} added, {counts['U']} updated, {counts['D']} deleted")
+
+
+@bundle.command("delete")
+@repo_option()
+@click.option("--bundle", required=True, metavar="ID", help="Bundle id or unique prefix.")
+@click.option("--force-yes", is_flag=True, help="Do not ask for confirmation.")
+@context_option
+def bundle_delete(repo: str, bundle: str, force_yes: bool) -> None:
+    """Delete a bundle's metadata (labels on it go too); `datamon gc` frees its space.
+
+    \b
+    Example:
+      datamon bundle delete --repo mnist --bundle 3fa2c1 --force-yes
+    """
+    from datamon.api.bundles import resolve
+    from datamon.errors import UsageError
+
+    dm = open_context()
+    b = resolve(dm, repo, bundle=bundle)
+    if not force_yes:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                f"refusing to delete bundle {b.id[:12]} without confirmation", "pass --force-yes"
+            )
+        click.confirm(f"Delete bundle {b.id[:12]} ({b.message!r})?", abort=True, err=True)
+    dm.meta.delete_bundle(repo, b.id)
+    stderr(f"deleted bundle {b.id}; run `datamon gc` to free its space")

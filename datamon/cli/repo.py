@@ -1,0 +1,94 @@
+"""``datamon repo create|list|get|delete``."""
+
+from __future__ import annotations
+
+import click
+
+from datamon.cli.common import context_option, open_context, repo_option, stderr
+from datamon.cli.render import emit, iso, output_options
+
+
+def _row(r: object) -> dict[str, object]:
+    return {
+        "name": r.name,  # type: ignore[attr-defined]
+        "repo": r.name,  # type: ignore[attr-defined]
+        "description": r.description,  # type: ignore[attr-defined]
+        "time": iso(r.created_ns),  # type: ignore[attr-defined]
+        "bundles": r.bundle_count,  # type: ignore[attr-defined]
+    }
+
+
+def _text(row: dict[str, object]) -> str:
+    return f"{row['name']}\t{row['time']}\t{row['bundles']} bundles\t{row['description']}"
+
+
+@click.group()
+def repo() -> None:
+    """Create, list, inspect and delete repos."""
+
+
+@repo.command("create")
+@repo_option()
+@click.option("--description", default="", help="What the repo holds.")
+@context_option
+def repo_create(repo: str, description: str) -> None:
+    """Create a repo.
+
+    \b
+    Example:
+      datamon repo create --repo mnist --description "handwritten digits"
+    """
+    open_context().meta.create_repo(repo, description)
+    stderr(f"created repo {repo}")
+
+
+@repo.command("list")
+@output_options
+@context_option
+def repo_list(as_json: bool, fmt: str | None) -> None:
+    """List repos.
+
+    \b
+    Example:
+      datamon repo list --format '{name}'
+    """
+    emit((_row(r) for r in open_context().meta.list_repos()), as_json=as_json, fmt=fmt, text=_text)
+
+
+@repo.command("get")
+@repo_option()
+@output_options
+@context_option
+def repo_get(repo: str, as_json: bool, fmt: str | None) -> None:
+    """Show one repo.
+
+    \b
+    Example:
+      datamon repo get --repo mnist --json
+    """
+    emit([_row(open_context().meta.get_repo(repo))], as_json=as_json, fmt=fmt, text=_text)
+
+
+@repo.command("delete")
+@repo_option()
+@click.option("--force-yes", is_flag=True, help="Do not ask for confirmation.")
+@context_option
+def repo_delete(repo: str, force_yes: bool) -> None:
+    """Delete a repo with its bundles and labels (metadata only; `datamon gc` frees the space).
+
+    \b
+    Example:
+      datamon repo delete --repo scratch --force-yes
+    """
+    dm = open_context()
+    r = dm.meta.get_repo(repo)
+    if not force_yes:
+        import sys
+
+        from datamon.errors import UsageError
+
+        if not sys.stdin.isatty():
+            raise UsageError(f"refusing to delete repo {repo!r} without confirmation", "pass --force-yes")
+        click.confirm(f"Delete repo {repo!r} and its {r.bundle_count} bundles?", abort=True, err=True)
+    dm.meta.delete_repo(repo)
+    stderr(f"deleted repo {repo}; run `datamon gc` to free its space")
