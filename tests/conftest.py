@@ -48,3 +48,46 @@ def tree_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code = code
+        self.out = out
+        self.err = err
+
+    def __repr__(self) -> str:
+        return f"CliResult(code={self.code}, out={self.out[:500]!r}, err={self.err[:500]!r})"
+
+
+@pytest.fixture
+def dm(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """Run the datamon CLI in-process: ``dm("repo", "create", "--repo", "r")`` → CliResult."""
+    from datamon.cli import main
+
+    def run(*args: object) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(int(code or 0), captured.out, captured.err)
+
+    return run
+
+
+def tree_files(root: Path) -> dict[str, object]:
+    """Everything under ``root`` as {relpath: bytes | ('link', target) | 'dir'} plus modes."""
+    out: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("dir", p.stat().st_mode & 0o7777)
+            else:
+                out[rel] = (p.read_bytes(), p.stat().st_mode & 0o7777, p.stat().st_mtime_ns)
+    return out

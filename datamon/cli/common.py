@@ -81,7 +81,10 @@ def run(cli: click.Group, argv: list[str] | None) -> int:
     except DatamonError as e:
         stderr(f"error: {e}")
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:
+        if isinstance(e.__context__, KeyboardInterrupt):
+            stderr("interrupted: nothing already stored is lost; rerun the command to finish")
+            sys.exit(130)
         stderr("aborted")
         sys.exit(1)
     except click.ClickException as e:
