@@ -45,22 +45,44 @@ def encode_record(
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def make_bundle(**fields: object) -> BundleRecord:
+def make_bundle(
+    *,
+    repo: str,
+    tree: str,
+    parents: Sequence[str],
+    message: str,
+    contributor_name: str,
+    contributor_email: str,
+    time_ns: int,
+    file_count: int,
+    total_size: int,
+) -> BundleRecord:
+    """A new bundle record; its id is the BLAKE3 of its canonical encoding."""
     from datamon.cas.hashing import key_of
     from datamon.meta.records import BundleRecord
 
-    raw = encode_record(**fields)  # type: ignore[arg-type]
+    raw = encode_record(
+        repo=repo,
+        tree=tree,
+        parents=parents,
+        message=message,
+        contributor_name=contributor_name,
+        contributor_email=contributor_email,
+        time_ns=time_ns,
+        file_count=file_count,
+        total_size=total_size,
+    )
     return BundleRecord(
         id=key_of(raw).hex(),
-        repo=str(fields["repo"]),
-        tree=str(fields["tree"]),
-        parents=tuple(fields["parents"]),  # type: ignore[call-overload]
-        message=str(fields["message"]),
-        contributor_name=str(fields["contributor_name"]),
-        contributor_email=str(fields["contributor_email"]),
-        created_ns=int(fields["time_ns"]),  # type: ignore[call-overload]
-        file_count=int(fields["file_count"]),  # type: ignore[call-overload]
-        total_size=int(fields["total_size"]),  # type: ignore[call-overload]
+        repo=repo,
+        tree=tree,
+        parents=tuple(parents),
+        message=message,
+        contributor_name=contributor_name,
+        contributor_email=contributor_email,
+        created_ns=time_ns,
+        file_count=file_count,
+        total_size=total_size,
         record=raw,
     )
 
@@ -191,4 +213,4 @@ def open_file(
     if not e.is_file:
         raise UsageError(f"{path!r} in bundle {b.id[:12]} is not a regular file")
     raw = ctx.cas.open_file(e.key, e.size)
-    return io.BufferedReader(raw, buffer_size=1 << 20)  # type: ignore[return-value]
+    return io.BufferedReader(raw, buffer_size=1 << 20)

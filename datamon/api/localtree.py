@@ -57,26 +57,26 @@ def scan(root: str, on_error: OnError) -> LocalDir:
         d = stack.pop()
         try:
             it = list(os.scandir(d.path))
-        except OSError as e:
-            on_error(d.path, e)
+        except OSError as err:
+            on_error(d.path, err)
             continue
-        for e in it:
+        for de in it:
             try:
-                st = e.stat(follow_symlinks=False)
+                st = de.stat(follow_symlinks=False)
             except OSError as err:
-                on_error(e.path, err)
+                on_error(de.path, err)
                 continue
             if stat.S_ISREG(st.st_mode):
-                d.files[e.name] = LocalFile(e.path, st)
+                d.files[de.name] = LocalFile(de.path, st)
             elif stat.S_ISDIR(st.st_mode):
-                sub = LocalDir(e.path, st)
-                d.dirs[e.name] = sub
+                sub = LocalDir(de.path, st)
+                d.dirs[de.name] = sub
                 stack.append(sub)
             elif stat.S_ISLNK(st.st_mode):
                 try:
-                    d.links[e.name] = (os.readlink(e.path), st)
+                    d.links[de.name] = (os.readlink(de.path), st)
                 except OSError as err:
-                    on_error(e.path, err)
+                    on_error(de.path, err)
     return top
 
 

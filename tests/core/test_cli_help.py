@@ -29,17 +29,40 @@ def test_every_command_has_help_with_example(dm) -> None:  # type: ignore[no-unt
             assert "Example" in r.out, f"`datamon {' '.join(path)} --help` shows no example"
         seen.append(" ".join(path))
     for required in [
-        "repo create", "repo list", "repo get", "repo delete",
-        "bundle upload", "bundle download", "bundle download file", "bundle list", "bundle list files",
-        "bundle get", "bundle diff", "bundle update",
-        "label set", "label get", "label list", "label history",
-        "context create", "context list", "context get", "config set",
+        "repo create",
+        "repo list",
+        "repo get",
+        "repo delete",
+        "bundle upload",
+        "bundle download",
+        "bundle download file",
+        "bundle list",
+        "bundle list files",
+        "bundle get",
+        "bundle diff",
+        "bundle update",
+        "label set",
+        "label get",
+        "label list",
+        "label history",
+        "context create",
+        "context list",
+        "context get",
+        "config set",
     ]:
         assert required in seen
 
 
 def test_context_and_config_commands(dm, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    r = dm("context", "create", "other", "--blob", (tmp_path / "b").as_uri(), "--meta", f"sqlite:///{tmp_path}/o.db")
+    r = dm(
+        "context",
+        "create",
+        "other",
+        "--blob",
+        (tmp_path / "b").as_uri(),
+        "--meta",
+        f"sqlite:///{tmp_path}/o.db",
+    )
     assert r.code == 0, r
     assert dm("context", "create", "other", "--blob", "memory://x", "--meta", "sqlite://").code == 3
     names = dm("context", "list", "--format", "{name}").out.split()
@@ -67,7 +90,8 @@ def test_label_get_starts_fast(dm, tmp_path) -> None:  # type: ignore[no-untyped
     code = (
         "import sys; from datamon.cli import main\n"
         "try:\n    main(['label', 'get', '--repo', 'r', '--label', 'p'])\nexcept SystemExit: pass\n"
-        "heavy = [m for m in ('rich', 'alembic', 'zstandard', 'fsspec', 'pyfastcdc', 'sqlalchemy.orm') if m in sys.modules]\n"
+        "mods = ('rich', 'alembic', 'zstandard', 'fsspec', 'pyfastcdc', 'sqlalchemy.orm')\n"
+        "heavy = [m for m in mods if m in sys.modules]\n"
         "print('HEAVY', heavy)"
     )
     t = time.perf_counter()

@@ -92,9 +92,7 @@ def test_stat_cache_does_not_trust_missing_objects(tmp_path: Path) -> None:
         ctx.upload("r", d, message="v1")
     # a different store (fresh metadata + blobs) shares the same local stat cache dir
     state = Path(os.environ["DATAMON_HOME"]) / "cache"
-    with datamon.api.Context(
-        (home / "blobs").as_uri(), f"sqlite:///{home}/m.db", state_dir=state
-    ) as other:
+    with datamon.api.Context((home / "blobs").as_uri(), f"sqlite:///{home}/m.db", state_dir=state) as other:
         other.create_repo("r")
         res = other.upload("r", d, message="v1")
         assert res.read_files == 1

@@ -14,14 +14,17 @@ def _changes(r) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
 
 
 def _setup(dm, tmp_path: Path) -> tuple[str, str, Path, Path]:  # type: ignore[no-untyped-def]
-    v1 = make_tree(tmp_path / "v1", {
-        "keep.txt": "same",
-        "change.txt": "old",
-        "gone.txt": "bye",
-        "dir": {"inner.txt": "x", "sub": {"deep.txt": "deep"}},
-        "olddir": {"a.txt": "a", "b.txt": "b"},
-        "unchanged": {"u1": "1", "u2": "2"},
-    })
+    v1 = make_tree(
+        tmp_path / "v1",
+        {
+            "keep.txt": "same",
+            "change.txt": "old",
+            "gone.txt": "bye",
+            "dir": {"inner.txt": "x", "sub": {"deep.txt": "deep"}},
+            "olddir": {"a.txt": "a", "b.txt": "b"},
+            "unchanged": {"u1": "1", "u2": "2"},
+        },
+    )
     (v1 / "emptyold").mkdir()
     os.symlink("keep.txt", v1 / "link")
     v2 = tmp_path / "v2"
@@ -77,7 +80,7 @@ def test_diff_between_bundles(dm, tmp_path: Path) -> None:  # type: ignore[no-un
 
 
 def test_diff_download_and_update(dm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    a, b, v1, v2 = _setup(dm, tmp_path)
+    a, _b, v1, v2 = _setup(dm, tmp_path)
     out = tmp_path / "out"
     assert dm("bundle", "download", "--repo", "r", "--label", "one", "--destination", out).code == 0
     assert dm("bundle", "diff", "--repo", "r", "--label", "one", "--destination", out).out == ""
@@ -87,7 +90,9 @@ def test_diff_download_and_update(dm, tmp_path: Path) -> None:  # type: ignore[n
     assert ("D", "olddir/a.txt") in changes and ("D", "olddir/") in changes
     # a local edit shows up too
     (out / "keep.txt").write_text("edited locally")
-    assert ("U", "keep.txt") in _changes(dm("bundle", "diff", "--repo", "r", "--label", "one", "--destination", out, "--json"))
+    assert ("U", "keep.txt") in _changes(
+        dm("bundle", "diff", "--repo", "r", "--label", "one", "--destination", out, "--json")
+    )
     r = dm("bundle", "update", "--repo", "r", "--label", "two", "--destination", out)
     assert r.code == 0, r
     assert tree_files(out) == tree_files(v2)

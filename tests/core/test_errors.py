@@ -24,7 +24,9 @@ def _one_line(r) -> None:  # type: ignore[no-untyped-def]
 def repo(dm, tmp_path: Path) -> tuple[Path, str]:  # type: ignore[no-untyped-def]
     src = make_tree(tmp_path / "src", {"a.txt": "a", "b": {"c.txt": "c"}})
     assert dm("repo", "create", "--repo", "r").code == 0
-    bid = dm("bundle", "upload", "--repo", "r", "--path", src, "--message", "m", "--label", "prod").out.strip()
+    bid = dm(
+        "bundle", "upload", "--repo", "r", "--path", src, "--message", "m", "--label", "prod"
+    ).out.strip()
     return src, bid
 
 
@@ -139,23 +141,53 @@ def test_bad_format_and_regex(dm, repo, tmp_path: Path) -> None:  # type: ignore
     assert r.code == 1
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to drop DAC caps")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to drop DAC caps"
+)
 def test_unreadable_file_fails_or_is_skipped(tmp_path: Path, datamon_home: Path) -> None:
     """Root reads everything, so drop CAP_DAC_OVERRIDE/READ_SEARCH to get a real EACCES."""
     src = make_tree(tmp_path / "src", {"ok.txt": "fine", "secret.txt": "no"})
     os.chmod(src / "secret.txt", 0)
     datamon = [sys.executable, "-m", "datamon.cli"]
-    drop = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+    drop = [
+        "setpriv",
+        "--inh-caps=-dac_override,-dac_read_search",
+        "--bounding-set=-dac_override,-dac_read_search",
+    ]
     env = dict(os.environ)
     subprocess.run([*datamon, "repo", "create", "--repo", "r"], check=True, env=env)
-    r = subprocess.run([*drop, *datamon, "bundle", "upload", "--repo", "r", "--path", src, "--message", "m"],
-                       capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [*drop, *datamon, "bundle", "upload", "--repo", "r", "--path", src, "--message", "m"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 1, r
     assert "secret.txt" in r.stderr and "--skip-on-error" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([*drop, *datamon, "bundle", "upload", "--repo", "r", "--path", src, "--message", "m",
-                        "--skip-on-error"], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            *drop,
+            *datamon,
+            "bundle",
+            "upload",
+            "--repo",
+            "r",
+            "--path",
+            src,
+            "--message",
+            "m",
+            "--skip-on-error",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r
     assert "skipped" in r.stderr and "secret.txt" in r.stderr
-    files = subprocess.run([*datamon, "bundle", "list", "files", "--repo", "r", "--format", "{path}"],
-                           capture_output=True, text=True, env=env).stdout.split()
+    files = subprocess.run(
+        [*datamon, "bundle", "list", "files", "--repo", "r", "--format", "{path}"],
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout.split()
     assert files == ["ok.txt"]

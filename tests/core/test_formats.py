@@ -37,10 +37,10 @@ def test_pack_layout() -> None:
     assert data[8:13] == b"abczz"
     # index: 2 entries of 52 bytes, then the 52-byte footer
     assert len(data) == 8 + 5 + 2 * 52 + 52
-    assert data[13:13 + 52] == b"\x01" * 32 + struct.pack("<QIIBBH", 8, 3, 3, 1, 0, 0)
+    assert data[13 : 13 + 52] == b"\x01" * 32 + struct.pack("<QIIBBH", 8, 3, 3, 1, 0, 0)
     index_offset, count, index_hash, magic = FOOTER.unpack(data[-52:])
     assert (index_offset, count, magic) == (13, 2, b"DMPKEND1")
-    assert index_hash == key_of(data[13:13 + 104])
+    assert index_hash == key_of(data[13 : 13 + 104])
     assert name == key_of(data).hex()
     assert [e.as_tuple() for e in read_index(data)] == [e.as_tuple() for e in entries]
 
@@ -80,7 +80,7 @@ def test_tree_layout_and_golden_key() -> None:
     assert [e.name for e in decode_tree(raw)] == ["a", "b.txt", "ln", "é"]
     first = raw[12:]
     assert first[:3] == struct.pack("<H", 1) + b"a"
-    assert first[3:3 + 53] == struct.pack("<BIqQ32s", 2, 0o755, 1_700_000_000_000_000_001, 10, b"\x22" * 32)
+    assert first[3 : 3 + 53] == struct.pack("<BIqQ32s", 2, 0o755, 1_700_000_000_000_000_001, 10, b"\x22" * 32)
     assert key_of(raw).hex() == GOLDEN_TREE_KEY
 
 
@@ -88,7 +88,9 @@ def test_tree_layout_and_golden_key() -> None:
 @given(
     st.lists(
         st.tuples(
-            st.text(min_size=1, max_size=20).filter(lambda s: "/" not in s and "\x00" not in s and s not in (".", "..")),
+            st.text(min_size=1, max_size=20).filter(
+                lambda s: "/" not in s and "\x00" not in s and s not in (".", "..")
+            ),
             st.sampled_from(list(EntryKind)),
             st.integers(0, 0o7777),
             st.integers(-(2**63), 2**63 - 1),
@@ -144,8 +146,11 @@ def test_bundle_record_is_canonical() -> None:
 
 GOLDEN_RECORD = (
     '{"contributor":{"email":"ada@example.com","name":"Ada"},"files":2,"message":"first ünïcode",'
-    '"parents":["' + "cd" * 32 + '"],"repo":"r","size":10,"time_ns":1700000000000000000,"tree":"'
-    + "ab" * 32 + '","version":1}'
+    '"parents":["'
+    + "cd" * 32
+    + '"],"repo":"r","size":10,"time_ns":1700000000000000000,"tree":"'
+    + "ab" * 32
+    + '","version":1}'
 ).encode()
 GOLDEN_PACK_NAME = "4a97ee126103957fb131324b3ee517e80c0df6103a30551f496f8df581f120a2"
 GOLDEN_TREE_KEY = "2614e17efd66b339f05bd28aebddde1ee835ea8309ff50c777bbe2f4cbf859ef"

@@ -39,8 +39,21 @@ def _check_store_consistent(ctx) -> int:  # type: ignore[no-untyped-def]
 
 
 def _upload_cmd(src: Path) -> list[str]:
-    return [sys.executable, "-m", "datamon", "bundle", "upload", "--repo", "r", "--path", str(src),
-            "--message", "m", "--label", "prod"]
+    return [
+        sys.executable,
+        "-m",
+        "datamon",
+        "bundle",
+        "upload",
+        "--repo",
+        "r",
+        "--path",
+        str(src),
+        "--message",
+        "m",
+        "--label",
+        "prod",
+    ]
 
 
 @pytest.mark.parametrize("sig,delay", [(signal.SIGKILL, 0.6), (signal.SIGKILL, 1.2), (signal.SIGINT, 0.9)])
@@ -51,7 +64,7 @@ def test_interrupted_upload_then_rerun(tmp_path: Path, sig: int, delay: float) -
     proc = subprocess.Popen(_upload_cmd(src), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(delay)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     if sig == signal.SIGINT and proc.returncode != 0:
         assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     with datamon.connect() as ctx:

@@ -20,7 +20,10 @@ def test_labels_move_and_keep_history(dm, tmp_path: Path) -> None:  # type: igno
     assert dm("label", "set", "--repo", "r", "--label", "dev").code == 0  # latest bundle by default
     labels = [json.loads(x) for x in dm("label", "list", "--repo", "r", "--json").out.splitlines()]
     assert [(x["label"], x["bundle"]) for x in labels] == [("dev", b2), ("prod", b2)]
-    hist = [json.loads(x) for x in dm("label", "history", "--repo", "r", "--label", "prod", "--json").out.splitlines()]
+    hist = [
+        json.loads(x)
+        for x in dm("label", "history", "--repo", "r", "--label", "prod", "--json").out.splitlines()
+    ]
     assert [(h["old"], h["new"]) for h in hist] == [(b1, b2), (None, b1)]
     # download by label gets the labelled bundle
     out = tmp_path / "o"

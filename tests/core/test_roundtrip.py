@@ -107,8 +107,19 @@ def test_python_api_round_trip(fixture_tree: Path, tmp_path: Path) -> None:
 def test_download_single_file_and_name_filter(dm, fixture_tree: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     dm("repo", "create", "--repo", "r")
     dm("bundle", "upload", "--repo", "r", "--path", fixture_tree, "--message", "m", "--label", "l")
-    r = dm("bundle", "download", "file", "--repo", "r", "--label", "l", "--file", "ünïcødé/日本語.txt",
-           "--destination", tmp_path / "one")
+    r = dm(
+        "bundle",
+        "download",
+        "file",
+        "--repo",
+        "r",
+        "--label",
+        "l",
+        "--file",
+        "ünïcødé/日本語.txt",
+        "--destination",
+        tmp_path / "one",
+    )
     assert r.code == 0, r
     assert (tmp_path / "one/ünïcødé/日本語.txt").read_bytes() == "ünïcødé".encode()
     r = dm("bundle", "download", "--repo", "r", "--destination", tmp_path / "f", "--name-filter", r"\.csv$")
@@ -132,7 +143,9 @@ def test_listing_commands_json_and_format(dm, fixture_tree: Path) -> None:  # ty
 
     dm("repo", "create", "--repo", "r", "--description", "hello")
     b1 = dm("bundle", "upload", "--repo", "r", "--path", fixture_tree, "--message", "one").out.strip()
-    b2 = dm("bundle", "upload", "--repo", "r", "--path", fixture_tree, "--message", "two", "--label", "x").out.strip()
+    b2 = dm(
+        "bundle", "upload", "--repo", "r", "--path", fixture_tree, "--message", "two", "--label", "x"
+    ).out.strip()
     listed = dm("bundle", "list", "--repo", "r", "--format", "{id}").out.split()
     assert listed == [b2, b1]  # newest first
     row = json.loads(dm("bundle", "get", "--repo", "r", "--json").out)

@@ -1,0 +1,124 @@
+"""The object index (key → pack, offset, lengths, kind, compression) and the pack list.
+
+``cas/`` reaches these methods through a Protocol of its own and plain tuples (``IndexRow``,
+``PackEntry``), so the two layers share no types.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+from sqlalchemy import delete, func, select
+
+from datamon.meta.base import StoreBase, batches
+from datamon.meta.records import IndexRow, PackEntry, PackRecord
+from datamon.meta.schema import objects, packs
+
+_INDEX_COLS: Final = (
+    objects.c.key,
+    objects.c.pack,
+    objects.c.offset,
+    objects.c.length,
+    objects.c.raw_length,
+    objects.c.kind,
+    objects.c.compression,
+)
+_SQLITE_ADD_OBJECTS: Final = (
+    'INSERT INTO objects (key, pack, "offset", length, raw_length, kind, compression) '
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
+)
+
+
+def _index_row(row: Any) -> IndexRow:
+    return (bytes(row[0]), row[1], row[2], row[3], row[4], row[5], row[6])
+
+
+class ObjectIndexMixin(StoreBase):
+    """The object-index part of ``MetadataStore``."""
+
+    def lookup_objects(self, keys: Sequence[bytes]) -> dict[bytes, IndexRow]:
+        """Index rows of those ``keys`` that are indexed; absent keys are absent from the result."""
+        unique = list(dict.fromkeys(bytes(k) for k in keys))
+        out: dict[bytes, IndexRow] = {}
+        with self._read() as conn:
+            for chunk in batches(unique):
+                for row in conn.execute(select(*_INDEX_COLS).where(objects.c.key.in_(chunk))):
+                    r = _index_row(row)
+                    out[r[0]] = r
+        return out
+
+    def add_pack(self, name: str, size: int, entries: Sequence[PackEntry]) -> None:
+        """Record a pack and index its objects, in one transaction.
+
+        Idempotent: an existing pack row is kept, and a key that is already indexed keeps its existing
+        row (the first pack to land an object is where readers find it).
+        """
+        pack_stmt = (
+            self._insert(packs)
+            .values(name=name, size=size, object_count=len(entries), created_ns=time.time_ns())
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        with self._write() as conn:
+            conn.execute(pack_stmt)
+            if not entries:
+                return
+            if self._dialect == "sqlite":
+                # SQLAlchemy's per-row parameter handling costs more than SQLite's own insert, so hand
+                # the driver plain tuples; key order keeps the b-tree inserts local (about 2x faster).
+                first: dict[bytes, tuple[Any, ...]] = {}
+                for e in entries:  # a key repeated within the pack: its first entry wins
+                    first.setdefault(bytes(e[0]), e)
+                tuples = [(k, name, e[1], e[2], e[3], e[4], e[5]) for k, e in sorted(first.items())]
+                conn.exec_driver_sql(_SQLITE_ADD_OBJECTS, tuples)
+            else:
+                rows = [
+                    {
+                        "key": e[0],
+                        "pack": name,
+                        "offset": e[1],
+                        "length": e[2],
+                        "raw_length": e[3],
+                        "kind": e[4],
+                        "compression": e[5],
+                    }
+                    for e in entries
+                ]
+                conn.execute(self._insert(objects).on_conflict_do_nothing(index_elements=["key"]), rows)
+
+    def list_packs(self) -> list[PackRecord]:
+        """Every recorded pack, sorted by name."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(packs.c.name, packs.c.size, packs.c.object_count, packs.c.created_ns).order_by(
+                    packs.c.name
+                )
+            ).all()
+        return [PackRecord(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def objects_in_pack(self, name: str) -> list[IndexRow]:
+        """Index rows pointing into pack ``name``, by offset (empty for an unknown pack)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(*_INDEX_COLS).where(objects.c.pack == name).order_by(objects.c.offset)
+            ).all()
+        return [_index_row(r) for r in rows]
+
+    def remove_objects(self, keys: Sequence[bytes]) -> None:
+        """(gc) Drop index rows for ``keys``, in one transaction; unknown keys are ignored."""
+        unique = list(dict.fromkeys(bytes(k) for k in keys))
+        with self._write() as conn:
+            for chunk in batches(unique):
+                conn.execute(delete(objects).where(objects.c.key.in_(chunk)))
+
+    def remove_pack(self, name: str) -> None:
+        """(gc) Drop a pack row and every index row pointing into it. Idempotent."""
+        with self._write() as conn:
+            conn.execute(delete(objects).where(objects.c.pack == name))
+            conn.execute(delete(packs).where(packs.c.name == name))
+
+    def count_objects(self) -> int:
+        """Number of rows in the object index."""
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(objects)).scalar_one())

@@ -1,0 +1,128 @@
+"""The metadata database schema as SQLAlchemy Core tables.
+
+This module is the source of truth the store queries against; the Alembic migrations in
+``migrations/versions`` create the same tables with explicit DDL, and a test checks the two agree.
+Any change here needs a new migration and a bump of ``migrate.HEAD_REVISION``.
+
+Ids (bundle ids, tree keys, pack names, LFS oids) are lowercase hex in ``String(64)``; object keys
+are raw 32-byte BLAKE3 digests. Times are integer nanoseconds since the epoch (UTC).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+repos = Table(
+    "repos",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("created_ns", BigInteger, nullable=False),
+)
+
+bundles = Table(
+    "bundles",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("repo_id", Integer, ForeignKey("repos.id"), nullable=False),
+    Column("tree", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("contributor_name", Text, nullable=False),
+    Column("contributor_email", Text, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("file_count", BigInteger, nullable=False),
+    Column("total_size", BigInteger, nullable=False),
+    Column("record", LargeBinary, nullable=False),
+    Index("ix_bundles_repo_created", "repo_id", "created_ns"),
+)
+
+bundle_parents = Table(
+    "bundle_parents",
+    metadata,
+    Column("bundle_id", String(64), ForeignKey("bundles.id"), primary_key=True),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    # No foreign key: a parent may have been deleted since, and a bundle never changes.
+    Column("parent_id", String(64), nullable=False),
+)
+
+labels = Table(
+    "labels",
+    metadata,
+    Column("repo_id", Integer, ForeignKey("repos.id"), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("bundle_id", String(64), ForeignKey("bundles.id"), nullable=False),
+    Column("updated_ns", BigInteger, nullable=False),
+    Column("contributor", Text, nullable=False, server_default=""),
+)
+
+label_history = Table(
+    "label_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("repo_id", Integer, ForeignKey("repos.id"), nullable=False),
+    Column("name", String(255), nullable=False),
+    # No foreign keys: history outlives the bundles it mentions.
+    Column("old_bundle_id", String(64), nullable=True),
+    Column("new_bundle_id", String(64), nullable=True),
+    Column("time_ns", BigInteger, nullable=False),
+    Column("contributor", Text, nullable=False, server_default=""),
+    Index("ix_label_history_repo_name", "repo_id", "name"),
+)
+
+packs = Table(
+    "packs",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("object_count", Integer, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+)
+
+# The object index. WITHOUT ROWID on SQLite: the 32-byte key is the clustering key, which halves the
+# size of a table that holds one row per chunk and makes key lookups a single b-tree descent.
+objects = Table(
+    "objects",
+    metadata,
+    Column("key", LargeBinary(32), primary_key=True),
+    # No foreign key to packs: add_pack writes both in one transaction and gc removes both.
+    Column("pack", String(64), nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("length", Integer, nullable=False),
+    Column("raw_length", BigInteger, nullable=False),
+    Column("kind", SmallInteger, nullable=False),
+    Column("compression", SmallInteger, nullable=False),
+    Index("ix_objects_pack", "pack"),
+    sqlite_with_rowid=False,
+)
+
+lfs_objects = Table(
+    "lfs_objects",
+    metadata,
+    Column("repo_id", Integer, ForeignKey("repos.id"), primary_key=True),
+    Column("oid", String(64), primary_key=True),
+    Column("file_key", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+)
+
+locks = Table(
+    "locks",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("acquired_ns", BigInteger, nullable=False),
+)
