@@ -48,6 +48,13 @@ class Context:
 
     @cached_property
     def meta(self) -> MetadataStore:
+        """The metadata store. For SQLite, hot reads skip SQLAlchemy (``meta/quick.py``)."""
+        if self.meta_url.startswith("sqlite"):
+            from typing import cast
+
+            from datamon.meta.quick import QuickMeta
+
+            return cast("MetadataStore", QuickMeta(self.meta_url))
         from datamon.meta.store import MetadataStore
 
         return MetadataStore(self.meta_url)

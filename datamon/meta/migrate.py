@@ -17,10 +17,9 @@ from datamon.meta.engine import WRITE
 if TYPE_CHECKING:
     from alembic.config import Config
 
-# Every revision in ``migrations/versions``, oldest first. Keep in sync with the migration files
-# (a test checks it against Alembic's script directory).
-KNOWN_REVISIONS: Final[tuple[str, ...]] = ("0001",)
-HEAD_REVISION: Final[str] = KNOWN_REVISIONS[-1]
+from datamon.meta.revision import HEAD_REVISION, KNOWN_REVISIONS
+
+__all__ = ["HEAD_REVISION", "KNOWN_REVISIONS", "current_revision", "ensure_schema"]
 
 MIGRATIONS_DIR: Final[Path] = Path(__file__).with_name("migrations")
 
