@@ -70,9 +70,13 @@ def test_interrupted_upload_then_rerun(tmp_path: Path, sig: int, delay: float) -
     with datamon.connect() as ctx:
         landed = ctx.meta.list_bundles("r")
         _check_store_consistent(ctx)
-        if proc.returncode != 0:
-            # killed before the bundle row: no bundle, no label
-            assert landed == [] and ctx.meta.list_labels("r") == []
+        if not landed:
+            # killed before the bundle row: no label either (the label moves last)
+            assert ctx.meta.list_labels("r") == []
+        else:
+            # killed after the bundle row landed: it must be complete
+            ctx.download("r", tmp_path / "landed", bundle=landed[0].id)
+            assert tree_files(tmp_path / "landed") == tree_files(src)
     rerun = subprocess.run(_upload_cmd(src), capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     with datamon.connect() as ctx:
