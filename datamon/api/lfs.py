@@ -17,7 +17,7 @@ import queue
 import tempfile
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final
@@ -107,20 +107,34 @@ def store_object(
 
 
 class _Sha256Reader:
-    """Reads a file for the chunker, hashing (SHA-256) and counting what passes through."""
+    """Reads a file for the chunker, hashing (SHA-256) and counting what passes through.
+
+    The SHA-256 runs in a thread of its own (hashlib releases the GIL), in read order, so it
+    overlaps chunking and BLAKE3 instead of adding to them.
+    """
 
     def __init__(self, f: BinaryIO, progress: Progress) -> None:
         self._f = f
         self._progress = progress
-        self.sha = hashlib.sha256()
+        self._sha = hashlib.sha256()
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datamon-sha256")
+        self._last: Future[None] | None = None
         self.count = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self._f.read(n)
-        self.sha.update(data)
+        self._last = self._hasher.submit(self._sha.update, data)
         self.count += len(data)
         self._progress.advance(0, len(data))
         return data
+
+    def hexdigest(self) -> str:
+        if self._last is not None:
+            self._last.result()
+        return self._sha.hexdigest()
+
+    def close(self) -> None:
+        self._hasher.shutdown(wait=True, cancel_futures=True)
 
 
 def _ingest_verified(
@@ -132,51 +146,24 @@ def _ingest_verified(
     the bytes). The file map, which is what makes a multi-chunk file addressable, is only
     written once the SHA-256 matched.
     """
-    from datamon.cas.filemap import encode_filemap
-    from datamon.cas.hashing import EMPTY_KEY, Hasher, key_of
-    from datamon.cas.pack import Kind
-
     reader = _Sha256Reader(f, progress)
-    whole = Hasher()
-    chunk_list: list[tuple[bytes, int]] = []
-    new = 0
-    inflight: list[Future[None]] = []
-    for window in ing.chunker.stream(reader):  # type: ignore[arg-type]
-        keyed = [(key_of(c), c) for c in window]
-        for _, c in keyed:
-            whole.update(c)
-        todo = ing.claim_missing([k for k, _ in keyed])
-        jobs = []
-        for k, c in keyed:
-            if k in todo:
-                todo.discard(k)
-                jobs.append((k, c))
-                new += len(c)
-        # Compress this window while the next one is read and hashed; at most two windows
-        # are held in memory.
-        for fut in inflight:
-            fut.result()
-        if ing.pool is not None:
-            inflight = [ing.pool.submit(ing.writer.write, k, c, Kind.CHUNK) for k, c in jobs]
-        else:
-            for k, c in jobs:
-                ing.writer.write(k, c, Kind.CHUNK)
-        chunk_list.extend((k, len(c)) for k, c in keyed)
-    for fut in inflight:
-        fut.result()
-    got = reader.sha.hexdigest()
-    if got != oid:
-        raise ContentMismatch(
-            f"object {oid}: the SHA-256 of {name} is {got}; nothing was stored under that oid",
-            "the local LFS object is damaged: check it with `git lfs fsck`",
-        )
-    if not chunk_list:
-        return EMPTY_KEY, 0, 0
-    if len(chunk_list) == 1:
-        return chunk_list[0][0], reader.count, new
-    fkey = whole.digest()
-    ing.store_objects([(fkey, encode_filemap(chunk_list), Kind.FILEMAP)])
-    return fkey, reader.count, new
+    try:
+        return _ingest_hashing(ing, reader, oid, name)
+    finally:
+        reader.close()
+
+
+def _ingest_hashing(ing: Ingester, reader: _Sha256Reader, oid: str, name: str) -> tuple[bytes, int, int]:
+    def check() -> None:
+        got = reader.hexdigest()
+        if got != oid:
+            raise ContentMismatch(
+                f"object {oid}: the SHA-256 of {name} is {got}; nothing was stored under that oid",
+                "the local LFS object is damaged: check it with `git lfs fsck`",
+            )
+
+    r = ing.ingest_stream(reader, before_commit=check)  # type: ignore[arg-type]
+    return r.key, r.size, r.new_bytes
 
 
 def fetch_object(

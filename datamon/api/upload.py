@@ -163,10 +163,9 @@ def _answer_from_statcache(
         else:
             to_read.append(f)
     if hits:
-        wanted = list(set(hits.values()))
-        present: set[bytes] = set()
-        for i in range(0, len(wanted), 5000):
-            present.update(ctx.meta.lookup_objects(wanted[i : i + 5000]))
+        from datamon.cas.ingest import reusable
+
+        present = reusable(ctx.meta, ctx.cas.blobs, list(set(hits.values())), set())
         by_path = {f.path: f for f in all_files}
         done_bytes = 0
         for p, k in hits.items():

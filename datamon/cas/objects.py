@@ -271,12 +271,29 @@ class ObjectReader:
         return data
 
     def _fetch(self, loc: Location) -> bytes:
-        name = pack_blob_name(loc.pack)
         try:
-            stored = self.blobs.get(name, loc.offset, loc.offset + loc.length)
+            stored = self.blobs.get(pack_blob_name(loc.pack), loc.offset, loc.offset + loc.length)
         except NotFound:
-            raise MissingObject(loc.key.hex(), f"pack {loc.pack} is missing from the blob store") from None
+            loc = self._moved(loc)
+            try:
+                stored = self.blobs.get(pack_blob_name(loc.pack), loc.offset, loc.offset + loc.length)
+            except NotFound:
+                raise MissingObject(
+                    loc.key.hex(), f"pack {loc.pack} is missing from the blob store"
+                ) from None
         return decode_object(loc, stored, f"pack {loc.pack}")
+
+    def _moved(self, loc: Location) -> Location:
+        """Where an object is now that its cached pack is gone (gc may have repacked it)."""
+        with self._lock:
+            self._locs.pop(loc.key, None)
+        row = self.index.lookup_objects([loc.key]).get(loc.key)
+        if row is None or row[1] == loc.pack:
+            raise MissingObject(loc.key.hex(), f"pack {loc.pack} is missing from the blob store")
+        new = Location.from_row(row)
+        with self._lock:
+            self._locs[loc.key] = new
+        return new
 
     def get_many(
         self, keys: Sequence[bytes], *, gap: int = 1 << 20, span: int = 16 << 20
@@ -322,7 +339,9 @@ class ObjectReader:
         try:
             blob = self.blobs.get(pack_blob_name(pack), start, end)
         except NotFound:
-            raise MissingObject(run[0].key.hex(), f"pack {pack} is missing from the blob store") from None
+            for lc in run:  # one by one: each may have moved to another pack
+                yield lc.key, self._fetch(lc)
+            return
         view = memoryview(blob)
         for lc in run:
             stored = view[lc.offset - start : lc.offset - start + lc.length]

@@ -303,6 +303,12 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin):
             )
             conn.execute(stmt)
 
+    def iter_lfs_file_keys(self) -> Iterator[str]:
+        """Every file key (hex) that a Git LFS oid maps to, in any repo (gc roots)."""
+        with self._read() as conn:
+            keys = conn.execute(select(lfs_objects.c.file_key).distinct()).scalars().all()
+        yield from keys
+
     def get_lfs_object(self, repo: str, oid: str) -> tuple[str, int] | None:
         """``(file_key, size)`` for an LFS oid of ``repo``, or ``None`` if unknown (or no such repo)."""
         with self._read() as conn:
