@@ -59,7 +59,8 @@ def reusable(index: ObjectIndex, blobs: BlobStore, keys: Sequence[bytes], marked
         blobs.put(used_mark_name(pack, now), b"")
     marked.update(unmarked)
     again = [k for k, r in rows.items() if r[1] in unmarked]  # type: ignore[index]
-    confirmed = {k for k in rows if k not in set(again)}
+    again_set = set(again)
+    confirmed = {k for k in rows if k not in again_set}
     for i in range(0, len(again), _BATCH_KEYS):
         confirmed.update(index.lookup_objects(again[i : i + _BATCH_KEYS]))
     return confirmed
