@@ -135,7 +135,7 @@ class PackWriter:
         self._builder = PackBuilder()
         self._pool = ThreadPoolExecutor(max_workers=uploaders, thread_name_prefix="datamon-pack")
         self._pending: list[Future[None]] = []
-        self._slots = threading.Semaphore(uploaders + 1)  # bounds packs held in memory
+        self._slots = threading.Semaphore(uploaders)  # bounds sealed packs held in memory
         self.stored_bytes = 0
         self.written_objects = 0
         self.packs_written = 0

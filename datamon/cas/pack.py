@@ -85,9 +85,9 @@ class PackBuilder:
         )
         self._buf += index
         self._buf += FOOTER.pack(index_offset, len(self.entries), key_of(index), FOOTER_MAGIC)
-        data = bytes(self._buf)
-        self._buf = bytearray()
-        return key_of(data).hex(), data, self.entries
+        # Hand over the buffer itself: copying a 32 MiB pack would double its memory.
+        data, self._buf = self._buf, bytearray()
+        return key_of(data).hex(), data, self.entries  # type: ignore[return-value]
 
 
 def parse_footer(footer: bytes, pack_size: int) -> tuple[int, int, bytes]:
