@@ -82,7 +82,7 @@ class CorruptObject(IntegrityError):
     def __init__(self, key: str, where: str, detail: str = "") -> None:
         super().__init__(
             f"object {key} in {where} is corrupt{': ' + detail if detail else ''}",
-            "run `datamon verify --full`; re-uploading the original data repairs it",
+            "run `datamon verify --full --repair`, then upload the original data again to repair it",
         )
         self.key = key
         self.where = where
@@ -92,7 +92,7 @@ class MissingObject(IntegrityError):
     def __init__(self, key: str, detail: str = "") -> None:
         super().__init__(
             f"object {key} is missing from the store{': ' + detail if detail else ''}",
-            "run `datamon verify`; re-uploading the original data repairs it",
+            "run `datamon verify --full --repair`, then upload the original data again to repair it",
         )
         self.key = key
 

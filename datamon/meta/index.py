@@ -49,11 +49,16 @@ class ObjectIndexMixin(StoreBase):
                     out[r[0]] = r
         return out
 
-    def add_pack(self, name: str, size: int, entries: Sequence[PackEntry]) -> None:
+    def add_pack(
+        self, name: str, size: int, entries: Sequence[PackEntry], *, replaces: Sequence[str] = ()
+    ) -> None:
         """Record a pack and index its objects, in one transaction.
 
         Idempotent: an existing pack row is kept, and a key that is already indexed keeps its existing
         row (the first pack to land an object is where readers find it).
+
+        ``replaces`` (gc repacking) names packs whose rows go in the same transaction, so a
+        reader never finds a live object unindexed while its rows move to the new pack.
         """
         pack_stmt = (
             self._insert(packs)
@@ -61,21 +66,30 @@ class ObjectIndexMixin(StoreBase):
             .on_conflict_do_nothing(index_elements=["name"])
         )
         with self._write() as conn:
+            for old in replaces:
+                if old != name:
+                    conn.execute(delete(objects).where(objects.c.pack == old))
+                    conn.execute(delete(packs).where(packs.c.name == old))
             conn.execute(pack_stmt)
             if not entries:
                 return
+            # A key repeated within the pack: its first entry wins. Key order keeps the b-tree
+            # inserts local on SQLite (about 2x faster), and on PostgreSQL it is what keeps racing
+            # uploaders apart: two transactions inserting overlapping keys in different orders
+            # wait on each other's uncommitted rows and deadlock; in one global order they queue.
+            first: dict[bytes, PackEntry] = {}
+            for e in entries:
+                first.setdefault(bytes(e[0]), e)
+            ordered = sorted(first.items())
             if self._dialect == "sqlite":
-                # SQLAlchemy's per-row parameter handling costs more than SQLite's own insert, so hand
-                # the driver plain tuples; key order keeps the b-tree inserts local (about 2x faster).
-                first: dict[bytes, tuple[Any, ...]] = {}
-                for e in entries:  # a key repeated within the pack: its first entry wins
-                    first.setdefault(bytes(e[0]), e)
-                tuples = [(k, name, e[1], e[2], e[3], e[4], e[5]) for k, e in sorted(first.items())]
+                # SQLAlchemy's per-row parameter handling costs more than SQLite's own insert, so
+                # hand the driver plain tuples.
+                tuples = [(k, name, e[1], e[2], e[3], e[4], e[5]) for k, e in ordered]
                 conn.exec_driver_sql(_SQLITE_ADD_OBJECTS, tuples)
             else:
                 rows = [
                     {
-                        "key": e[0],
+                        "key": k,
                         "pack": name,
                         "offset": e[1],
                         "length": e[2],
@@ -83,7 +97,7 @@ class ObjectIndexMixin(StoreBase):
                         "kind": e[4],
                         "compression": e[5],
                     }
-                    for e in entries
+                    for k, e in ordered
                 ]
                 conn.execute(self._insert(objects).on_conflict_do_nothing(index_elements=["key"]), rows)
 

@@ -1,0 +1,448 @@
+"""``gc``: give back the space of objects that no bundle reaches, without racing uploads.
+
+How it stays safe (docs/guarantees.md says it for users):
+
+* **Fresh packs are untouchable, and are roots.** A pack is *fresh* while its last use (its
+  ``created_ns``, or the newest *used mark* an upload left when it deduplicated against the
+  pack, see ``cas.ingest.reusable``) is younger than the grace period. Nothing in a fresh
+  pack is removed, and every tree and file map in it is marked like a bundle root, so an
+  upload's new objects, and whatever older objects its new or reused trees and file maps
+  point at, survive until its bundle lands.
+* **Hide, re-check, then delete.** Garbage rows (unreachable objects in stale packs) are
+  dropped from the index first, so no new upload can deduplicate against them. gc then looks
+  again: packs that became fresh meanwhile (an upload marked them between its lookup and its
+  mark), new packs and new bundles are marked from, and every hidden row they need is put
+  back while the bytes are still there. Only then are pack blobs deleted or rewritten.
+  An upload looks its keys up again after marking, so it either sees a key gc hid (and
+  writes it anew) or its mark is seen by the re-check.
+* **Crash-safe order.** Rows go before blobs; a repacked pack is written before the old
+  pack's rows go, and is indexed right after. A crash in between leaves pack blobs without
+  pack rows (*orphans*): the next gc re-indexes from an orphan's own index any object a
+  bundle still needs (``adopted``), and deletes orphans first seen more than the grace period
+  ago (first-seen times are kept in ``gc/orphans.json`` in the blob store).
+* **A damaged store is not collected.** If marking finds a reachable object missing or
+  unreadable, gc stops before removing anything (exit 4) and points at ``datamon verify``.
+* One gc at a time: the ``gc`` lock in the metadata database (taken over after an hour
+  without a refresh, so a killed gc does not block the next one forever).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from datamon.api.verify import IndexRow, Problem, Reach, read_objects, read_pack_index
+from datamon.cas.ingest import parse_used_mark
+from datamon.cas.pack import ENTRY, FOOTER, HEADER_SIZE, Kind, PackBuilder, pack_blob_name
+from datamon.errors import Conflict, IntegrityError, NotFound, UsageError
+
+if TYPE_CHECKING:
+    from datamon.api.context import Context
+    from datamon.cas.blobstore import BlobStore
+    from datamon.meta.records import PackRecord
+    from datamon.meta.store import MetadataStore
+
+DEFAULT_GRACE_NS = 24 * 3600 * 10**9
+DEFAULT_REPACK_RATIO = 0.2  # repack a stale pack once this share of its bytes is garbage
+LOCK_NAME = "gc"
+LOCK_STALE_NS = 3600 * 10**9  # a gc lock not refreshed for this long belongs to a dead gc
+LOCK_REFRESH_S = 60.0
+ORPHANS_BLOB = "gc/orphans.json"
+PACK_BLOB = re.compile(r"^packs/[0-9a-f]{2}/([0-9a-f]{64})\.pack$")
+
+PackEntryTuple = tuple[bytes, int, int, int, int, int]
+
+
+@dataclass
+class GcReport:
+    dry_run: bool
+    grace_s: float
+    bundles: int = 0
+    reachable_objects: int = 0
+    packs: int = 0
+    fresh_packs: int = 0  # kept whole because they are younger than the grace period
+    garbage_objects: int = 0  # index rows removed (unreachable objects in stale packs)
+    garbage_bytes: int = 0
+    deleted_packs: int = 0
+    repacked_packs: int = 0
+    new_packs: int = 0
+    orphans: int = 0  # pack blobs without a pack row
+    deleted_orphans: int = 0
+    adopted_objects: int = 0  # reachable objects re-indexed from orphan packs
+    restored_objects: int = 0  # hidden rows put back because an upload started using them
+    freed_bytes: int = 0  # blob store bytes given back (or that would be, with dry_run)
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)  # packs left alone because of a problem
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+def parse_duration(text: str) -> int:
+    """``"24h"``, ``"30m"``, ``"7d"``, ``"90s"``, ``"1h30m"`` or plain seconds → nanoseconds."""
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return int(float(t) * 10**9)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", t)
+    if not parts or "".join(n + u for n, u in parts) != t:
+        raise UsageError(f"{text!r} is not a duration", "write it like 24h, 30m, 7d, 90s or 1h30m")
+    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    return int(sum(float(n) * unit[u] for n, u in parts) * 10**9)
+
+
+class GcLock:
+    """The ``gc`` lock (also taken by ``admin reindex``), refreshed while the holder works."""
+
+    def __init__(self, meta: MetadataStore, what: str = "gc") -> None:
+        self.meta = meta
+        self.what = what
+        self.holder = f"{what} {socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
+        self._last = 0.0
+
+    def acquire(self) -> None:
+        if not self.meta.try_lock(LOCK_NAME, self.holder, LOCK_STALE_NS):
+            raise Conflict(
+                "another gc or reindex is running on this store",
+                "wait for it to finish and retry; a lock left by a killed gc expires after one hour",
+            )
+        self._last = time.monotonic()
+
+    def refresh(self) -> None:
+        if time.monotonic() - self._last < LOCK_REFRESH_S:
+            return
+        if not self.meta.try_lock(LOCK_NAME, self.holder, LOCK_STALE_NS):
+            raise Conflict(
+                f"the {self.what} lock was taken over by another process",
+                f"run `datamon {self.what}` again; everything done so far is consistent",
+            )
+        self._last = time.monotonic()
+
+    def release(self) -> None:
+        self.meta.unlock(LOCK_NAME, self.holder)
+
+
+def list_pack_blobs(blobs: BlobStore) -> set[str]:
+    """Names of the packs present in the blob store."""
+    out = set()
+    for name in blobs.list("packs/"):
+        m = PACK_BLOB.match(name)
+        if m:
+            out.add(m.group(1))
+    return out
+
+
+def read_used_marks(blobs: BlobStore) -> dict[str, list[tuple[int, str]]]:
+    """pack name → [(time_ns, mark blob name)] of the used marks uploads left."""
+    out: dict[str, list[tuple[int, str]]] = {}
+    for name in blobs.list("used/"):
+        parsed = parse_used_mark(name)
+        if parsed is not None:
+            out.setdefault(parsed[0], []).append((parsed[1], name))
+    return out
+
+
+def gc(
+    ctx: Context,
+    *,
+    grace_ns: int = DEFAULT_GRACE_NS,
+    dry_run: bool = False,
+    repack_ratio: float = DEFAULT_REPACK_RATIO,
+) -> GcReport:
+    """Remove what no bundle reaches and that has been unused for ``grace_ns``.
+
+    Raises ``Conflict`` (exit 3) if another gc or reindex holds the lock, ``IntegrityError``
+    (exit 4, before removing anything) if a reachable object is missing or unreadable.
+    Safe to interrupt at any point and to run again. ``dry_run`` changes nothing.
+    """
+    if grace_ns < 0:
+        raise UsageError("the grace period cannot be negative")
+    lock = GcLock(ctx.meta)
+    lock.acquire()
+    try:
+        return _Collector(ctx, grace_ns, dry_run, repack_ratio, lock).run()
+    finally:
+        lock.release()
+
+
+class _Collector:
+    def __init__(self, ctx: Context, grace_ns: int, dry_run: bool, repack_ratio: float, lock: GcLock) -> None:
+        self.ctx = ctx
+        self.meta = ctx.meta
+        self.blobs = ctx.cas.blobs
+        self.pack_size = ctx.cas.pack_size
+        self.dry_run = dry_run
+        self.repack_ratio = repack_ratio
+        self.lock = lock
+        self.report = GcReport(dry_run=dry_run, grace_s=grace_ns / 1e9)
+        self.t0 = time.time_ns()
+        self.cutoff = self.t0 - grace_ns
+        self.packs: dict[str, PackRecord] = {}
+        self.hidden: dict[str, list[IndexRow]] = {}  # stale pack → its garbage rows, removed
+        self.cancelled: set[str] = set()  # packs that must not be deleted or repacked this run
+        self.orphans: set[str] = set()
+        self._orphan_index: dict[bytes, tuple[str, PackEntryTuple]] | None = None
+        self._orphan_sizes: dict[str, int] = {}
+
+    # -- freshness ---------------------------------------------------------------------
+    def _last_use(self, p: PackRecord, marks: Mapping[str, list[tuple[int, str]]]) -> int:
+        return max([p.created_ns, *(t for t, _ in marks.get(p.name, ()))])
+
+    def _fresh(self, packs: Mapping[str, PackRecord], marks: Mapping[str, list[tuple[int, str]]]) -> set[str]:
+        return {n for n, p in packs.items() if self._last_use(p, marks) > self.cutoff}
+
+    def _pack_roots(self, names: Iterable[str]) -> list[tuple[bytes, int | None]]:
+        roots: list[tuple[bytes, int | None]] = []
+        for name in sorted(names):
+            self.lock.refresh()
+            roots += [
+                (r[0], r[5]) for r in self.meta.objects_in_pack(name) if r[5] in (Kind.TREE, Kind.FILEMAP)
+            ]
+        return roots
+
+    def _bundle_roots(self, seen: set[str]) -> list[tuple[bytes, int | None]]:
+        roots: list[tuple[bytes, int | None]] = []
+        for b in self.meta.iter_all_bundles():
+            if b.id not in seen:
+                seen.add(b.id)
+                roots.append((bytes.fromhex(b.tree), Kind.TREE))
+        # Git LFS objects are named by the lfs_objects table, not by any bundle.
+        lfs = getattr(self.meta, "iter_lfs_file_keys", None)
+        if lfs is not None:
+            roots += [(bytes.fromhex(k), None) for k in lfs()]
+        return roots
+
+    # -- finding rows the index lacks --------------------------------------------------
+    def _resolve(self, keys: list[bytes]) -> dict[bytes, IndexRow]:
+        """Rows for reachable keys the index lacks: hidden by this run (put back), or in an
+        orphan pack left by a crash (adopted)."""
+        found: dict[bytes, IndexRow] = {}
+        wanted = set(keys)
+        for pack, rows in self.hidden.items():
+            back = [r for r in rows if r[0] in wanted]
+            if back:
+                self._reindex(pack, self.packs[pack].size, back)
+                self.cancelled.add(pack)
+                self.report.restored_objects += len(back)
+                found.update((r[0], r) for r in back)
+        rest = [k for k in keys if k not in found]
+        if rest and self.orphans:
+            index = self._orphans_by_key()
+            by_pack: dict[str, list[IndexRow]] = {}
+            for k in rest:
+                hit = index.get(k)
+                if hit is not None:
+                    pack, e = hit
+                    by_pack.setdefault(pack, []).append((e[0], pack, *e[1:]))
+            for pack, rows in by_pack.items():
+                self._reindex(pack, self._orphan_sizes[pack], rows)
+                self.report.adopted_objects += len(rows)
+                found.update((r[0], r) for r in rows)
+        return found
+
+    def _reindex(self, pack: str, size: int, rows: list[IndexRow]) -> None:
+        if not self.dry_run:
+            self.meta.add_pack(pack, size, [(r[0], *r[2:]) for r in rows])
+
+    def _orphans_by_key(self) -> dict[bytes, tuple[str, PackEntryTuple]]:
+        if self._orphan_index is None:
+            self._orphan_index = {}
+            for pack in sorted(self.orphans):
+                entries = read_pack_index(self.blobs, pack)
+                if isinstance(entries, Problem):
+                    continue
+                self._orphan_sizes[pack] = self.blobs.size(pack_blob_name(pack)) or 0
+                for e in entries:
+                    self._orphan_index.setdefault(e[0], (pack, e))
+        return self._orphan_index
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self) -> GcReport:
+        rep = self.report
+        t_start = time.perf_counter()
+        self.packs = {p.name: p for p in self.meta.list_packs()}
+        present = list_pack_blobs(self.blobs)
+        self.orphans = present - self.packs.keys()
+        marks = read_used_marks(self.blobs)
+        fresh = self._fresh(self.packs, marks)
+        rep.packs, rep.fresh_packs = len(self.packs), len(fresh)
+
+        bundle_ids: set[str] = set()
+        reach = Reach(self.ctx, resolve_missing=self._resolve)
+        reach.walk(self._bundle_roots(bundle_ids) + self._pack_roots(fresh))
+        self._stop_if_damaged(reach)
+        rep.bundles = len(bundle_ids)
+
+        # Plan: garbage rows of stale packs; which packs go entirely, which get rewritten.
+        live_bytes: dict[str, int] = {}
+        for name in sorted(self.packs.keys() - fresh):
+            self.lock.refresh()
+            rows = self.meta.objects_in_pack(name)
+            garbage = [r for r in rows if r[0] not in reach.rows]
+            live_bytes[name] = sum(r[3] for r in rows if r[0] in reach.rows)
+            if garbage:
+                self.hidden[name] = garbage
+                rep.garbage_objects += len(garbage)
+                rep.garbage_bytes += sum(r[3] for r in garbage)
+        if not self.dry_run and self.hidden:
+            self.meta.remove_objects([r[0] for rows in self.hidden.values() for r in rows])
+            self._recheck(reach, bundle_ids, fresh)
+
+        doomed = [n for n, b in live_bytes.items() if b == 0 and n not in self.cancelled]
+        partial = [
+            n
+            for n, b in live_bytes.items()
+            if b > 0 and n not in self.cancelled and self._waste(self.packs[n], b) > self.repack_ratio
+        ]
+        for name in doomed:
+            self.lock.refresh()
+            if not self.dry_run:
+                self.meta.remove_pack(name)  # rows first: a crash here leaves an orphan blob
+                self._delete_pack_blob(name, marks)
+            rep.deleted_packs += 1
+            rep.freed_bytes += self.packs[name].size
+        self._repack(partial, marks)
+        self._collect_orphans()
+        if not self.dry_run:
+            self._drop_dead_marks()
+        rep.reachable_objects = len(reach.rows)
+        rep.seconds = time.perf_counter() - t_start
+        return rep
+
+    def _stop_if_damaged(self, reach: Reach) -> None:
+        if not reach.bad:
+            return
+        first = next(iter(reach.bad.values()))
+        raise IntegrityError(
+            f"gc stopped before removing anything: {len(reach.bad)} reachable objects are missing or "
+            f"unreadable (first: object {first.key}: {first.detail})",
+            "run `datamon verify` to see the bundles affected; repair them or delete them, then rerun gc",
+        )
+
+    def _recheck(self, reach: Reach, bundle_ids: set[str], fresh: set[str]) -> None:
+        """After hiding garbage: mark from what appeared or was reused since the first mark,
+        and put back the hidden rows it needs (their bytes are all still in place)."""
+        self.lock.refresh()
+        now_packs = {p.name: p for p in self.meta.list_packs()}
+        newly_fresh = self._fresh(now_packs, read_used_marks(self.blobs)) - fresh
+        for name in sorted(newly_fresh & self.hidden.keys()):
+            # An upload marked this pack: it may rely on any object it looked up in it.
+            rows = self.hidden[name]
+            self._reindex(name, self.packs[name].size, rows)
+            self.report.restored_objects += len(rows)
+        self.cancelled |= newly_fresh
+        reach.walk(self._bundle_roots(bundle_ids) + self._pack_roots(newly_fresh))
+        self._stop_if_damaged(reach)
+
+    @staticmethod
+    def _waste(p: PackRecord, live_bytes: int) -> float:
+        """Share of a pack's bytes that are neither live objects nor pack structure."""
+        structure = HEADER_SIZE + p.object_count * ENTRY.size + FOOTER.size
+        return max(0, p.size - structure - live_bytes) / max(p.size, 1)
+
+    def _delete_pack_blob(self, name: str, marks: Mapping[str, list[tuple[int, str]]]) -> None:
+        self.blobs.delete(pack_blob_name(name))
+        for _, mark in marks.get(name, ()):
+            self.blobs.delete(mark)
+
+    def _repack(self, names: list[str], marks: Mapping[str, list[tuple[int, str]]]) -> None:
+        """Copy the live objects of ``names`` into new packs, verified and still compressed.
+
+        Order per group: new pack blob → old packs' rows → new pack's rows → old blobs. A crash
+        leaves the new pack (and maybe old ones) as orphans that the next gc adopts from."""
+        rep = self.report
+        builder = PackBuilder()
+        group: list[str] = []
+        if self.dry_run:
+            for name in names:
+                rep.repacked_packs += 1
+                rep.freed_bytes += self.packs[name].size - sum(r[3] for r in self._live_rows(name))
+            return
+        for name in names:
+            self.lock.refresh()
+            rows = self.meta.objects_in_pack(name)
+            copied, failed = self._read_live(rows)
+            if failed or len(copied) != len(rows):
+                rep.skipped.append(
+                    f"pack {name}: {failed[0] if failed else 'objects changed'}; left in place"
+                )
+                continue
+            for row, stored in copied:
+                builder.add(row[0], stored, row[4], row[5], row[6])
+            group.append(name)
+            if len(builder) >= self.pack_size:
+                self._finish_group(builder, group, marks)
+                builder, group = PackBuilder(), []
+        if group:
+            self._finish_group(builder, group, marks)
+
+    def _read_live(self, rows: list[IndexRow]) -> tuple[list[tuple[IndexRow, bytes]], list[str]]:
+        """(row, stored bytes) of every object that reads back intact, and what failed."""
+        failed: list[str] = []
+        copied = [
+            (row, stored)
+            for row, stored, _ in read_objects(self.blobs, rows, lambda r, k, d: failed.append(d))
+        ]
+        return copied, failed
+
+    def _live_rows(self, name: str) -> list[IndexRow]:
+        hidden = {r[0] for r in self.hidden.get(name, ())}
+        return [r for r in self.meta.objects_in_pack(name) if r[0] not in hidden]
+
+    def _finish_group(
+        self, builder: PackBuilder, group: list[str], marks: Mapping[str, list[tuple[int, str]]]
+    ) -> None:
+        rep = self.report
+        old_bytes = sum(self.packs[n].size for n in group)
+        name, data, entries = builder.finish()
+        self.blobs.put(pack_blob_name(name), data)
+        # One transaction: old rows out, new rows in (no window with live objects unindexed).
+        self.meta.add_pack(name, len(data), [e.as_tuple() for e in entries], replaces=group)
+        for old in group:
+            if old != name:  # the same live objects in the same order make the same pack
+                self._delete_pack_blob(old, marks)
+        rep.new_packs += 1
+        new_size = len(data)
+        rep.repacked_packs += len(group)
+        rep.freed_bytes += max(0, old_bytes - new_size)
+
+    def _collect_orphans(self) -> None:
+        """Delete pack blobs that have had no pack row for longer than the grace period."""
+        rep = self.report
+        try:
+            seen: dict[str, int] = json.loads(self.blobs.get(ORPHANS_BLOB))
+        except (NotFound, ValueError):
+            seen = {}
+        indexed = {p.name for p in self.meta.list_packs()}
+        orphans = self.orphans - indexed
+        rep.orphans = len(orphans)
+        keep: dict[str, int] = {}
+        for name in sorted(orphans):
+            first = int(seen.get(name, self.t0))
+            if first > self.cutoff:
+                keep[name] = first
+                continue
+            rep.deleted_orphans += 1
+            rep.freed_bytes += self._orphan_sizes.get(name) or self.blobs.size(pack_blob_name(name)) or 0
+            if not self.dry_run:
+                self.blobs.delete(pack_blob_name(name))
+        if not self.dry_run and (keep or seen):
+            self.blobs.put(ORPHANS_BLOB, json.dumps(keep, sort_keys=True).encode())
+
+    def _drop_dead_marks(self) -> None:
+        """Used marks of packs that are gone, and all but the newest mark of the others."""
+        indexed = {p.name for p in self.meta.list_packs()}
+        present = list_pack_blobs(self.blobs)
+        for pack, marks in read_used_marks(self.blobs).items():
+            marks.sort()
+            stale = marks if pack not in indexed and pack not in present else marks[:-1]
+            for _, name in stale:
+                self.blobs.delete(name)

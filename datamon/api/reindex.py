@@ -1,0 +1,107 @@
+"""``admin reindex``: rebuild the object index from the packs' own trailing indexes.
+
+The recovery path when the metadata database is lost, or restored from a backup older than
+the blob store. Every pack blob's footer and index are read (two ranged reads per pack) and
+recorded with ``add_pack``, which keeps rows that exist, so running it again changes
+nothing. Bundles, labels and repos are not in the blob store: they come back only with a
+backup of the database.
+
+A pack may hold objects gc had already dropped from the index (garbage it had not rewritten
+yet). Putting those back is harmless, except for a file map whose chunks gc has since
+deleted: an upload that finds that file's key by its stat cache would trust it. So file maps
+that come back are read, and a file map with a chunk missing from the index is dropped again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from datamon.api.gc import GcLock, list_pack_blobs
+from datamon.api.verify import Problem, lookup_many, read_objects, read_pack_index
+from datamon.cas.filemap import decode_filemap
+from datamon.cas.pack import Kind, pack_blob_name
+
+if TYPE_CHECKING:
+    from datamon.api.context import Context
+
+
+@dataclass
+class ReindexReport:
+    packs: int = 0  # pack blobs read
+    new_packs: int = 0  # packs the index did not list
+    objects: int = 0  # objects listed by the packs
+    added: int = 0  # index rows added
+    dropped_filemaps: int = 0  # file maps put back and dropped again: a chunk is gone
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)  # unreadable packs, left alone
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+def reindex(ctx: Context) -> ReindexReport:
+    """Index every object of every pack in the blob store. Idempotent.
+
+    Takes the gc lock (``Conflict``, exit 3, while a gc runs). Unreadable packs are listed in
+    ``problems`` and skipped; ``datamon verify`` shows what they affect.
+    """
+    t0 = time.perf_counter()
+    meta = ctx.meta
+    blobs = ctx.cas.blobs
+    report = ReindexReport()
+    lock = GcLock(meta, "admin reindex")
+    lock.acquire()
+    try:
+        known = {p.name for p in meta.list_packs()}
+        added_filemaps: list[tuple[bytes, str, int, int, int, int, int]] = []
+        for pack in sorted(list_pack_blobs(blobs)):
+            lock.refresh()
+            entries = read_pack_index(blobs, pack)
+            if isinstance(entries, Problem):
+                report.problems.append(entries.detail)
+                continue
+            report.packs += 1
+            report.objects += len(entries)
+            if pack not in known:
+                report.new_packs += 1
+            present = lookup_many(meta, [e[0] for e in entries])
+            new = [e for e in entries if e[0] not in present]
+            if new or pack not in known:
+                size = blobs.size(pack_blob_name(pack)) or 0
+                meta.add_pack(pack, size, new)
+                report.added += len(new)
+                added_filemaps += [(e[0], pack, *e[1:]) for e in new if e[4] == Kind.FILEMAP]
+        report.dropped_filemaps = _drop_dangling_filemaps(ctx, added_filemaps, report)
+    finally:
+        lock.release()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _drop_dangling_filemaps(
+    ctx: Context, rows: list[tuple[bytes, str, int, int, int, int, int]], report: ReindexReport
+) -> int:
+    if not rows:
+        return 0
+    chunks_of: dict[bytes, list[bytes]] = {}
+    unreadable: set[bytes] = set()
+
+    def failed(row: tuple[bytes, str, int, int, int, int, int], kind: str, detail: str) -> None:
+        unreadable.add(row[0])
+        report.problems.append(f"file map {row[0].hex()}: {detail}")
+
+    for row, _, raw in read_objects(ctx.cas.blobs, rows, failed):
+        try:
+            chunks_of[row[0]] = [c for c, _ in decode_filemap(raw)]
+        except ValueError:
+            unreadable.add(row[0])
+    wanted = sorted({c for cs in chunks_of.values() for c in cs})
+    present = lookup_many(ctx.meta, wanted)
+    dangling = unreadable | {fm for fm, cs in chunks_of.items() if any(c not in present for c in cs)}
+    if dangling:
+        ctx.meta.remove_objects(sorted(dangling))
+    return len(dangling)
