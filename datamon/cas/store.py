@@ -141,9 +141,11 @@ class LazyFile(io.RawIOBase):
         return pos
 
     def _chunk(self, i: int) -> bytes:
-        if self._cur is None or self._cur[0] != i:
-            self._cur = (i, self._store.reader.get(self._chunks[i][0]))
-        return self._cur[1]
+        cur = self._cur  # read once: another thread may replace it meanwhile
+        if cur is None or cur[0] != i:
+            cur = (i, self._store.reader.get(self._chunks[i][0]))
+            self._cur = cur
+        return cur[1]
 
     def pread(self, n: int, offset: int) -> bytes:
         """Up to ``n`` bytes at ``offset`` without moving the file position."""
