@@ -44,7 +44,22 @@ class ContextConfig:
     meta_url: str
 
     def as_dict(self) -> dict[str, str]:
-        return {"name": self.name, "blob": self.blob_url, "meta": self.meta_url}
+        """For display: any password in a URL is masked."""
+        return {"name": self.name, "blob": mask_password(self.blob_url), "meta": mask_password(self.meta_url)}
+
+
+def _password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def mask_password(url: str) -> str:
+    pw = _password(url)
+    return url.replace(f":{pw}@", ":***@", 1) if pw else url
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,13 @@ def get_context(name: str | None = None) -> ContextConfig:
 def create_context(name: str, blob_url: str, meta_url: str, *, make_default: bool = False) -> ContextConfig:
     if not _NAME.match(name):
         raise UsageError(f"invalid context name {name!r}", "use letters, digits, '.', '_' and '-'")
+    for url in (blob_url, meta_url):
+        if _password(url):
+            raise UsageError(
+                f"{mask_password(url)} contains a password, and datamon never stores credentials",
+                "leave it out of the URL and use the driver's own files or environment "
+                "(~/.pgpass or PGPASSWORD for PostgreSQL)",
+            )
     data = load()
     contexts = data.setdefault("contexts", {})
     if name == DEFAULT_CONTEXT or name in contexts:

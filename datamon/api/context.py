@@ -38,6 +38,7 @@ class Context:
         state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.name = name or blob_url
+        self._named = name  # named in store errors, so the user knows which context to fix
         self.blob_url = blob_url
         self.meta_url = meta_url
         self.cache_dir = str(cache_dir) if cache_dir else None
@@ -54,17 +55,17 @@ class Context:
 
             from datamon.meta.quick import QuickMeta
 
-            return cast("MetadataStore", QuickMeta(self.meta_url))
+            return cast("MetadataStore", QuickMeta(self.meta_url, context=self._named))
         from datamon.meta.store import MetadataStore
 
-        return MetadataStore(self.meta_url)
+        return MetadataStore(self.meta_url, context=self._named)
 
     @cached_property
     def cas(self) -> ContentStore:
         from datamon.cas.blobstore import open_blobstore
         from datamon.cas.store import DEFAULT_LEVEL, ContentStore
 
-        blobs = open_blobstore(self.blob_url)
+        blobs = open_blobstore(self.blob_url, context=self._named)
         level = DEFAULT_LEVEL if self.compression_level is None else self.compression_level
         return ContentStore(
             blobs, self.meta, cache_dir=self.cache_dir, cache_bytes=self.cache_bytes, level=level

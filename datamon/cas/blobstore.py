@@ -229,11 +229,12 @@ class FsspecBlobStore:
     ``RetryingBlobStore`` to classify.
     """
 
-    def __init__(self, url: str, **storage_options: Any) -> None:
+    def __init__(self, url: str, *, context: str = "", **storage_options: Any) -> None:
         import fsspec.core
 
         self.url = url
-        self.display_url = redact_url(url)
+        # What messages call this store: the URL without secrets, and the context it belongs to.
+        self.display_url = redact_url(url) + (f" (context {context!r})" if context else "")
         fs_url, query = _split_query(url)
         kwargs = _fs_kwargs(url, _scheme(fs_url), query, storage_options)
         try:
@@ -431,6 +432,7 @@ def open_blobstore(
     max_attempts: int | None = None,
     base_delay: float = 0.2,
     max_requests: int | None = 8,
+    context: str = "",
     **storage_options: Any,
 ) -> BlobStore:
     """Open the blob store named by a URL (``file:///…``, ``memory://…``, ``s3://…``, ``gs://…``).
@@ -440,13 +442,14 @@ def open_blobstore(
     exponential backoff from ``base_delay`` seconds (``RetryingBlobStore``). ``max_attempts``
     defaults to 5 for S3, and to 1 for GCS because gcsfs already retries every transient error
     six times (about 30 s of backoff) and cannot be told not to. ``storage_options`` go to the
-    fsspec filesystem and override options in the URL's query.
+    fsspec filesystem and override options in the URL's query. ``context`` (a context name) is
+    named in error messages next to the URL.
 
     Opening connects to nothing: a missing bucket, refused credentials or an unreachable
     endpoint raise ``StoreUnavailable`` at the first operation. A malformed URL raises
     ``UsageError``; an unknown scheme or a missing extra raises ``StoreUnavailable``.
     """
-    store: BlobStore = FsspecBlobStore(url, **storage_options)
+    store: BlobStore = FsspecBlobStore(url, context=context, **storage_options)
     scheme = _scheme(url)
     if scheme in ("file", "local", "memory"):
         return store

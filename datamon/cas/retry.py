@@ -134,6 +134,7 @@ class RetryingBlobStore:
             raise ValueError("max_attempts must be at least 1")
         self.inner = inner
         self.url = inner.url
+        self.display_url: str = getattr(inner, "display_url", None) or redact_url(inner.url)
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
@@ -150,7 +151,7 @@ class RetryingBlobStore:
                 if attempt >= self.max_attempts:
                     tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
                     raise StoreUnavailable(
-                        f"blob store {redact_url(self.url)} failed to {what} after {tries}: {_one_line(e)}",
+                        f"blob store {self.display_url} failed to {what} after {tries}: {_one_line(e)}",
                         "check the endpoint, the network and the storage service's status, then retry",
                     ) from e
                 delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
@@ -185,6 +186,7 @@ class BoundedBlobStore:
             raise ValueError("limit must be at least 1")
         self.inner = inner
         self.url = inner.url
+        self.display_url: str = getattr(inner, "display_url", None) or redact_url(inner.url)
         self.limit = limit
         self._slots = threading.BoundedSemaphore(limit)
 

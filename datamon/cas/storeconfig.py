@@ -28,6 +28,7 @@ class StoreConfig:
 
 def load_or_create(blobs: BlobStore, default: ChunkerParams | None = None) -> StoreConfig:
     """Read the store's settings, writing ``default`` first if the store is new."""
+    where = getattr(blobs, "display_url", blobs.url)
     try:
         raw = blobs.get(CONFIG_NAME)
     except NotFound:
@@ -41,11 +42,11 @@ def load_or_create(blobs: BlobStore, default: ChunkerParams | None = None) -> St
         params = ChunkerParams.from_dict(d["chunker"])
     except (ValueError, KeyError, TypeError) as e:
         raise StoreUnavailable(
-            f"{CONFIG_NAME} in {blobs.url} is unreadable ({e})", "restore it from a backup of the store"
+            f"{CONFIG_NAME} in {where} is unreadable ({e})", "restore it from a backup of the store"
         ) from None
     if fmt > FORMAT_VERSION:
         raise StoreUnavailable(
-            f"blob store {blobs.url} has format {fmt}, newer than this datamon understands",
+            f"blob store {where} has format {fmt}, newer than this datamon understands",
             "upgrade datamon",
         )
     return StoreConfig(params, fmt)

@@ -37,19 +37,21 @@ def batches(items: Sequence[_T], size: int = BATCH) -> Iterator[Sequence[_T]]:
 class StoreBase:
     """Engine, transactions and the lookups every part of the store needs."""
 
-    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, context: str = "") -> None:
         """Open (creating or migrating if needed) the database at ``url``.
 
-        Raises ``StoreUnavailable`` (naming the URL, password masked) if the URL is malformed, the
-        driver is missing or the database cannot be reached; ``SchemaTooNew`` if a newer datamon wrote it.
+        Raises ``StoreUnavailable`` (naming the URL, password masked, and the ``context`` name if
+        given) if the URL is malformed, the driver is missing or the database cannot be reached;
+        ``SchemaTooNew`` if a newer datamon wrote it.
         """
         self._url = mask_url(url)
+        self._where = f"{self._url} (context {context!r})" if context else self._url
         self._engine = open_engine(url, pool_size=pool_size)
         self._write_engine = self._engine.execution_options(**WRITE)
         self._dialect = self._engine.dialect.name
         try:
-            with unavailable_on_error(self._url):
-                ensure_schema(self._engine, self._url)
+            with unavailable_on_error(self._where):
+                ensure_schema(self._engine, self._where)
         except BaseException:
             self._engine.dispose()
             raise
@@ -68,12 +70,12 @@ class StoreBase:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with unavailable_on_error(self._url), self._write_engine.begin() as conn:
+        with unavailable_on_error(self._where), self._write_engine.begin() as conn:
             yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with unavailable_on_error(self._url), self._engine.connect() as conn:
+        with unavailable_on_error(self._where), self._engine.connect() as conn:
             yield conn
 
     def _insert(self, table: Table) -> SqliteInsert | PgInsert:

@@ -24,6 +24,9 @@ SUPPORTED_DIALECTS: Final = ("sqlite", "postgresql")
 # Execution options marking a connection that will write (see module docstring).
 WRITE: Final[dict[str, Any]] = {"datamon_write": True}
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+# Seconds a PostgreSQL connection attempt may take (unless the URL sets ``connect_timeout``): libpq
+# waits forever by default, so a firewalled host would hang a command for the OS's TCP timeout.
+PG_CONNECT_TIMEOUT_S: Final = 10
 
 _HINT: Final = (
     "check the metadata URL of your context (`datamon context get`) and that the database is reachable"
@@ -58,7 +61,10 @@ def open_engine(url: str, *, pool_size: int = 5) -> Engine:
     try:
         if backend == "sqlite":
             return _sqlite_engine(parsed, pool_size)
-        return create_engine(parsed, pool_size=pool_size, pool_pre_ping=True)
+        # pool_pre_ping: a pooled connection that a server restart or an idle timeout cut is
+        # replaced at checkout instead of failing the next statement.
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        return create_engine(parsed, pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args)
     except ImportError as e:
         raise StoreUnavailable(
             f"metadata database {shown} needs a driver that is not installed ({e.name or e})",

@@ -37,8 +37,9 @@ def _sqlite_path(url: str) -> str | None:
 class QuickMeta:
     """Duck-types ``MetadataStore``: fast reads where it can, the full store otherwise."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, context: str = "") -> None:
         self._url = url
+        self._context = context
         self._full: MetadataStore | None = None
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
@@ -60,7 +61,7 @@ class QuickMeta:
         if self._full is None:
             from datamon.meta.store import MetadataStore
 
-            self._full = MetadataStore(self._url)
+            self._full = MetadataStore(self._url, context=self._context)
         return self._full
 
     def __getattr__(self, name: str) -> Any:

@@ -98,3 +98,14 @@ def test_label_get_starts_fast(dm, tmp_path) -> None:  # type: ignore[no-untyped
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     _ = time.perf_counter() - t
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_context_refuses_passwords_and_masks_them(dm, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    r = dm(
+        "context", "create", "team", "--blob", "memory://x", "--meta", "postgresql+psycopg://u:s3cret@db/dm"
+    )
+    assert r.code == 1 and "password" in r.err and "s3cret" not in r.err + r.out
+    assert "team" not in dm("context", "list", "--format", "{name}").out
+    monkeypatch.setenv("DATAMON_META_URL", "postgresql+psycopg://u:s3cret@db/dm")
+    shown = dm("context", "get", "--json").out
+    assert "s3cret" not in shown and "u:***@db" in shown

