@@ -362,9 +362,18 @@ class _Collector:
         builder = PackBuilder()
         group: list[str] = []
         if self.dry_run:
-            for name in names:
+            # Mirror the grouping below, so the estimate counts the new packs' own header,
+            # index and footer exactly as writing them would.
+            data = count = 0
+            for i, name in enumerate(names):
+                live = self._live_rows(name)
                 rep.repacked_packs += 1
-                rep.freed_bytes += self.packs[name].size - sum(r[3] for r in self._live_rows(name))
+                rep.freed_bytes += self.packs[name].size
+                data += sum(r[3] for r in live)
+                count += len(live)
+                if HEADER_SIZE + data >= self.pack_size or i == len(names) - 1:
+                    rep.freed_bytes -= HEADER_SIZE + data + ENTRY.size * count + FOOTER.size
+                    data = count = 0
             return
         for name in names:
             self.lock.refresh()

@@ -47,6 +47,14 @@ def test_kill_9_during_uploads_then_rerun(tmp_path: Path) -> None:
     sources: dict[str, dict[str, bytes]] = {}
     killed = 0
     checked: set[str] = set()
+    # Calibrate on a throwaway store: kill times are spread over one upload's own duration,
+    # so the test means the same on a fast machine and on a loaded one.
+    cal = tmp_path / "calibrate"
+    assert run_cli(cal, "repo", "create", "--repo", "r").returncode == 0
+    cal_src = write_tree(tmp_path / "cal-src", {**base, **dataset(99, big=6, small=100)})
+    t0 = time.perf_counter()
+    assert run_cli(cal, "bundle", "upload", "--repo", "r", "--path", cal_src, "--message", "c").returncode == 0
+    duration = time.perf_counter() - t0
     for i in range(RUNS):
         files = {**base, **dataset(100 + i, big=6, small=100)}
         src = write_tree(tmp_path / f"src{i}", files)
@@ -57,7 +65,8 @@ def test_kill_9_during_uploads_then_rerun(tmp_path: Path) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(0.25 + i * 0.11)  # from start-up through chunking, packing, indexing, trees
+        # from start-up through chunking, packing, indexing and trees, up to just before the end
+        time.sleep(duration * (0.1 + 0.8 * i / (RUNS - 1)))
         proc.send_signal(signal.SIGKILL)
         killed += proc.wait() == -signal.SIGKILL
         _check_store(tmp_path, root, sources, checked)

@@ -65,8 +65,11 @@ def _unreachable_endpoint(req: pytest.FixtureRequest, pg: str) -> tuple[str, str
 def _unreachable_database(req: pytest.FixtureRequest, pg: str) -> tuple[str, str, dict[str, Any], list[str]]:
     s3: S3Server = req.getfixturevalue("s3_server")
     port = free_port()
-    meta = f"postgresql+psycopg://datamon:hunter2@127.0.0.1:{port}/datamon"
-    return s3.blob_url("p"), meta, {}, [f"postgresql+psycopg://datamon:***@127.0.0.1:{port}/datamon"]
+    # datamon refuses to store a password in a context, but one may come from the environment:
+    # it must still never be printed.
+    meta = f"postgresql+psycopg://datamon@127.0.0.1:{port}/datamon"
+    secret = {"DATAMON_META_URL": f"postgresql+psycopg://datamon:hunter2@127.0.0.1:{port}/datamon"}
+    return s3.blob_url("p"), meta, secret, [f"postgresql+psycopg://datamon:***@127.0.0.1:{port}/datamon"]
 
 
 BAD_STORES: dict[str, Callable[[pytest.FixtureRequest, str], tuple[str, str, dict[str, Any], list[str]]]] = {
