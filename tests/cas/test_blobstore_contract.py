@@ -7,7 +7,6 @@ fail a given number of times.
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time

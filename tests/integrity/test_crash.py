@@ -53,7 +53,8 @@ def test_kill_9_during_uploads_then_rerun(tmp_path: Path) -> None:
     assert run_cli(cal, "repo", "create", "--repo", "r").returncode == 0
     cal_src = write_tree(tmp_path / "cal-src", {**base, **dataset(99, big=6, small=100)})
     t0 = time.perf_counter()
-    assert run_cli(cal, "bundle", "upload", "--repo", "r", "--path", cal_src, "--message", "c").returncode == 0
+    calibration = run_cli(cal, "bundle", "upload", "--repo", "r", "--path", cal_src, "--message", "c")
+    assert calibration.returncode == 0
     duration = time.perf_counter() - t0
     for i in range(RUNS):
         files = {**base, **dataset(100 + i, big=6, small=100)}
