@@ -63,15 +63,29 @@ class Chunker:
         Only the last chunk of a window can end at the window's edge rather than at a
         content-defined boundary, so it is carried over and cut again with what follows.
         """
-        carry = b""
+        carry: bytes | memoryview = b""
+        readinto = getattr(f, "readinto", None)
         while True:
-            want = self.window - len(carry)
-            data = f.read(want)
-            eof = len(data) < want
-            buf = carry + data if carry else data
-            if not buf:
+            # A fresh buffer per window (the caller may still hold the previous window's views),
+            # filled in place: no concatenation copy of the carried-over bytes.
+            buf = bytearray(self.window)
+            view = memoryview(buf)
+            n = len(carry)
+            view[:n] = carry
+            while n < self.window:
+                if readinto is not None:
+                    got = readinto(view[n:])
+                else:  # a plain reader (the Git LFS agent hashes what passes through read)
+                    data = f.read(self.window - n)
+                    got = len(data)
+                    view[n : n + got] = data
+                if not got:
+                    break
+                n += got
+            eof = n < self.window
+            if n == 0:
                 return
-            chunks = self.cut(buf)
+            chunks = self.cut(view[:n])
             if eof:
                 yield chunks
                 return

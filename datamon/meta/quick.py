@@ -132,8 +132,8 @@ class QuickMeta:
             " ORDER BY l.name",
             (repo,),
         )
-        if not rows:
-            return self.full.labels_by_bundle(repo)
+        if not rows and not self._rows("SELECT 1 FROM repos WHERE name = ?", (repo,)):
+            return self.full.labels_by_bundle(repo)  # no such repo (or no fast path): its error
         out: dict[str, list[str]] = {}
         for bid, label in rows:
             out.setdefault(bid, []).append(label)
