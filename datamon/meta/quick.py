@@ -132,7 +132,7 @@ class QuickMeta:
             " ORDER BY l.name",
             (repo,),
         )
-        if not rows and not self._rows("SELECT 1 FROM repos WHERE name = ?", (repo,)):
+        if rows is None or (not rows and not self._rows("SELECT 1 FROM repos WHERE name = ?", (repo,))):
             return self.full.labels_by_bundle(repo)  # no such repo (or no fast path): its error
         out: dict[str, list[str]] = {}
         for bid, label in rows:
