@@ -32,7 +32,7 @@ class Hasher:
     """Incremental BLAKE3 of a stream (a whole file's key)."""
 
     def __init__(self) -> None:
-        self._h = blake3(max_threads=blake3.AUTO)
+        self._h = blake3()
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         self._h.update(data)
