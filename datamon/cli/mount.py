@@ -190,6 +190,35 @@ def bundle_mount_new(
     stderr(f"stored bundle {b.id[:12]}: {b.file_count} files" + (f", label {label}" if label else ""))
 
 
+@bundle_mount.command("commit")
+@click.option(
+    "--staging",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="The staging directory a failed `mount new` named.",
+)
+@context_option
+def bundle_mount_commit(staging: str) -> None:
+    """Store the changes of a `mount new` whose commit failed, and print the new bundle's id.
+
+    When storing the new bundle fails (store or database unreachable, Ctrl-C during the
+    commit), `mount new` keeps the changes in a staging directory with a manifest.json and
+    names it. Run this once the problem is fixed; the directory is removed afterwards.
+
+    \b
+    Example:
+      datamon bundle mount commit --staging ~/.datamon/staging/20261201-120000-4242
+    """
+    from datamon.fuse.commit import retry
+
+    b = retry(open_context(), staging)
+    if b is None:
+        stderr("nothing changed: no bundle was created")
+        return
+    click.echo(b.id)
+    stderr(f"stored bundle {b.id[:12]}: {b.file_count} files")
+
+
 def register(cli: click.Group) -> None:
     bundle = cli.commands["bundle"]
     assert isinstance(bundle, click.Group)

@@ -363,8 +363,7 @@ class CommitFailed(DatamonError):
         super().__init__(
             f"the new bundle could not be stored: {cause}",
             f"the changes are kept in {staging} (manifest.json lists them); once the problem is "
-            f'fixed, commit them with: python -c "import datamon; from datamon.fuse.commit import retry; '
-            f"print(retry(datamon.connect(), '{staging}').id)\"",
+            f"fixed, store them with: datamon bundle mount commit --staging {staging}",
         )
         self.staging = staging
 

@@ -263,3 +263,30 @@ def test_a_failed_commit_keeps_the_staged_changes_and_retry_stores_them(
     assert not staging.exists()
     assert ctx.get_label("r", "next").bundle_id == new.id
     assert _no_mtimes(_download(ctx, new, tmp_path / "dl")) == _no_mtimes(tree_files(local))
+
+
+def test_mount_commit_cli_stores_kept_changes_and_explains_a_bad_directory(
+    ctx: Context, bundle: BundleRecord, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dm: Any
+) -> None:
+    staging = tmp_path / "staging"
+    view = MutableView(ctx, bundle, staging)
+    fh = view.create("/new.txt", 0o644)
+    view.write(fh, b"kept across a failed commit\n", 0)
+    view.release(fh)
+    view.close()
+    save_manifest(view, "r", "kept", None)
+
+    assert dm("context", "create", "t", "--blob", ctx.blob_url, "--meta", ctx.meta_url).code == 0
+    empty = tmp_path / "not-staging"
+    empty.mkdir()
+    bad = dm("--context", "t", "bundle", "mount", "commit", "--staging", empty)
+    assert bad.code == 1 and "manifest.json" in bad.err and "Traceback" not in bad.err
+    assert len(bad.err.strip().splitlines()) == 1
+
+    res = dm("--context", "t", "bundle", "mount", "commit", "--staging", staging)
+    assert res.code == 0, res.err
+    new_id = res.out.strip()
+    new = ctx.meta.get_bundle("r", new_id)
+    assert new.parents == (bundle.id,) and not staging.exists()
+    with ctx.open_file("r", "new.txt", bundle=new_id) as f:
+        assert f.read() == b"kept across a failed commit\n"

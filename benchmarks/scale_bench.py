@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""datamon at scale (the issue 3 targets run.py does not cover): one command, one table.
+
+    python benchmarks/scale_bench.py [--big-gib 4] [--files 200000] [--repeat 3] [--workdir DIR] [--keep]
+
+1. Peak memory of `datamon bundle upload` of one big file (4 GiB; alternating 1 MiB blocks of random
+   bytes and CSV-like text, written to disk first), measured as the process's peak RSS with GNU time
+   (`/usr/bin/time -f %M`). Target: <= 300 MiB (streaming, never whole files in memory).
+2. Two bundles of 200,000 small files (1,000 per directory, built directly through the CAS API to keep
+   the run short, as in mount_bench.py), the second with 10 files changed and the first as parent.
+   Whole-process seconds of `datamon bundle list files` (all 200,000 lines to /dev/null) and of
+   `datamon bundle diff A..B` (10 `U` lines). Targets: <= 3 s and <= 0.5 s. Best of --repeat runs.
+
+Also prints whole-process seconds of `datamon label get` and `datamon bundle get` on that repo
+(target <= 0.3 s). Standard library + datamon; needs GNU time (`apt-get install time`) for item 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mount_bench import write_big_file
+
+MiB = 1 << 20
+GiB = 1 << 30
+CLI = [sys.executable, "-m", "datamon.cli"]
+GNU_TIME = "/usr/bin/time"
+
+
+def log(msg: str) -> None:
+    print(f"[scale] {msg}", file=sys.stderr, flush=True)
+
+
+def run(args: list[str], env: dict[str, str], stdout: int | None = subprocess.PIPE) -> str:
+    p = subprocess.run(args, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"command failed ({p.returncode}): {' '.join(args)}\n{p.stderr}")
+    return p.stdout or ""
+
+
+def best_seconds(args: list[str], env: dict[str, str], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run(args, env, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def bench_big_file_rss(work: Path, env: dict[str, str], gib: float) -> dict[str, float]:
+    if not os.access(GNU_TIME, os.X_OK):
+        log(f"{GNU_TIME} not found (apt-get install time): peak RSS is not measured")
+        return {}
+    src = work / "one-big-file"
+    src.mkdir()
+    size = int(gib * GiB)
+    log(f"writing one {size / GiB:.1f} GiB file")
+    write_big_file(src / "weights.bin", size)
+    run([*CLI, "repo", "create", "--repo", "big", "--description", "one big file"], env)
+    os.sync()
+    log("uploading it under GNU time")
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        [
+            GNU_TIME,
+            "-f",
+            "%M",
+            *CLI,
+            "bundle",
+            "upload",
+            "--repo",
+            "big",
+            "--path",
+            str(src),
+            "--message",
+            "big",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"upload failed: {p.stderr}")
+    rss_kib = int(p.stderr.strip().splitlines()[-1])
+    shutil.rmtree(src)
+    return {"big_bytes": size, "big_seconds": seconds, "big_rss_mib": rss_kib / 1024}
+
+
+def build_bundle(ctx, repo: str, files: int, changed: set[int], parent: str | None, now: int) -> str:  # type: ignore[no-untyped-def]
+    """A bundle of ``files`` small files, 1,000 per directory; files in ``changed`` get other bytes.
+
+    Every entry has the mtime ``now``, as an upload of a tree whose other files were not touched
+    would record: so unchanged directories have the same tree key in both bundles."""
+    from datamon.api.bundles import make_bundle
+    from datamon.cas.hashing import key_of
+    from datamon.cas.pack import Kind
+    from datamon.cas.tree import EntryKind, TreeEntry, encode_tree
+
+    per_dir = 1000
+    dirs: list[TreeEntry] = []
+    total = 0
+    with ctx.cas.writing() as ing:
+        for d in range(-(-files // per_dir)):
+            ids = range(d * per_dir, min(files, (d + 1) * per_dir))
+            names = [f"sample-{i:07d}.txt" for i in ids]
+            datas = [b"sample %d%s\n" % (i, b" (changed)" if i in changed else b"") for i in ids]
+            results = ing.ingest_buffers(datas)
+            entries = [
+                TreeEntry(n, EntryKind.FILE, 0o644, now, r.size, r.key)
+                for n, r in zip(names, results, strict=True)
+            ]
+            raw = encode_tree(entries)
+            key = key_of(raw)
+            ing.store_objects([(key, raw, Kind.TREE)])
+            size = sum(r.size for r in results)
+            dirs.append(TreeEntry(f"part-{d:04d}", EntryKind.DIR, 0o755, now, size, key))
+            total += size
+        raw = encode_tree(dirs)
+        root = key_of(raw)
+        ing.store_objects([(root, raw, Kind.TREE)])
+    who = ctx.contributor
+    b = make_bundle(
+        repo=repo,
+        tree=root.hex(),
+        parents=[parent] if parent else [],
+        message=f"{files} files, {len(changed)} changed",
+        contributor_name=who.name,
+        contributor_email=who.email,
+        time_ns=now,
+        file_count=files,
+        total_size=total,
+    )
+    ctx.meta.add_bundle(b)
+    return b.id
+
+
+def bench_many_files(home: Path, env: dict[str, str], files: int, repeat: int) -> dict[str, float]:
+    os.environ["DATAMON_HOME"] = str(home)
+    import datamon
+
+    log(f"building two bundles of {files:,} files (10 differ)")
+    with datamon.connect() as ctx:
+        ctx.create_repo("many")
+        now = time.time_ns()
+        a = build_bundle(ctx, "many", files, set(), None, now)
+        step = max(1, files // 10)
+        b = build_bundle(ctx, "many", files, {i * step + 7 for i in range(10)}, a, now)
+    run([*CLI, "label", "set", "--repo", "many", "--label", "v2", "--bundle", b], env)
+    listed = run([*CLI, "bundle", "list", "files", "--repo", "many", "--bundle", b], env).count("\n")
+    diff = run([*CLI, "bundle", "diff", "--repo", "many", f"{a}..{b}"], env).splitlines()
+    if listed != files or len(diff) != 10 or not all(line.startswith("U ") for line in diff):
+        raise SystemExit(f"unexpected output: {listed} files listed, diff {diff[:12]}")
+    log("timing list files, diff, label get, bundle get")
+    return {
+        "files": files,
+        "list_files_s": best_seconds(
+            [*CLI, "bundle", "list", "files", "--repo", "many", "--bundle", b], env, repeat
+        ),
+        "diff_s": best_seconds([*CLI, "bundle", "diff", "--repo", "many", f"{a}..{b}"], env, repeat),
+        "label_get_s": best_seconds([*CLI, "label", "get", "--repo", "many", "--label", "v2"], env, repeat),
+        "bundle_get_s": best_seconds([*CLI, "bundle", "get", "--repo", "many", "--bundle", b], env, repeat),
+    }
+
+
+def verdict(value: float, limit: float) -> str:
+    return "ok" if value <= limit else "MISS"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--big-gib", type=float, default=4.0, help="size of the one big file (0 skips it)")
+    p.add_argument("--files", type=int, default=200_000, help="files per bundle in the many-files test")
+    p.add_argument("--repeat", type=int, default=3, help="best of N for the timed commands")
+    p.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = p.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="datamon-scale-", dir=args.workdir))
+    home = work / "home"
+    env = {**os.environ, "DATAMON_HOME": str(home)}
+    try:
+        big = bench_big_file_rss(work, env, args.big_gib) if args.big_gib > 0 else {}
+        many = bench_many_files(home, env, args.files, args.repeat)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    rows = []
+    if big:
+        gib = big["big_bytes"] / GiB
+        rows.append(
+            (
+                f"peak RSS, upload of one {gib:.1f} GiB file ({big['big_seconds']:.1f} s)",
+                f"{big['big_rss_mib']:.0f} MiB",
+                "<= 300 MiB",
+                verdict(big["big_rss_mib"], 300),
+            )
+        )
+    n = f"{int(many['files']):,}"
+    for what, key, limit in (
+        (f"`bundle list files`, {n}-file bundle", "list_files_s", 3.0),
+        (f"`bundle diff A..B`, {n} files, 10 differ", "diff_s", 0.5),
+        ("`label get`, whole process", "label_get_s", 0.3),
+        ("`bundle get`, whole process", "bundle_get_s", 0.3),
+    ):
+        rows.append((what, f"{many[key]:.2f} s", f"<= {limit:g} s", verdict(many[key], limit)))
+    print("| what | result | target | |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
+
+
+if __name__ == "__main__":
+    main()
