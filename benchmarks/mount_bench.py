@@ -102,55 +102,76 @@ def write_big_file(path: Path, size: int) -> None:
             block += 1
 
 
-def build_many_files_bundle(home: Path, repo: str, files: int, per_dir: int = 1000) -> tuple[str, str]:
+def build_files_bundle(  # type: ignore[no-untyped-def]
+    ctx,
+    repo: str,
+    files: int,
+    *,
+    changed: frozenset[int] = frozenset(),
+    parent: str | None = None,
+    now: int | None = None,
+    per_dir: int = 1000,
+) -> str:
     """A bundle of ``files`` small files in directories of ``per_dir``, stored through the CAS API
-    (what an upload does, minus reading files from disk). Returns (bundle id, a deep file's path)."""
-    os.environ["DATAMON_HOME"] = str(home)
-    import datamon
+    (what an upload does, minus reading files from disk); returns its id. Files whose number is in
+    ``changed`` get other bytes. Every entry has the mtime ``now``, as an upload of a tree whose
+    other files were not touched records: unchanged directories keep their tree key."""
     from datamon.api.bundles import make_bundle
     from datamon.cas.hashing import key_of
     from datamon.cas.pack import Kind
     from datamon.cas.tree import EntryKind, TreeEntry, encode_tree
 
-    now = time.time_ns()
+    now = time.time_ns() if now is None else now
+    dirs: list[TreeEntry] = []
+    total = 0
+    with ctx.cas.writing() as ing:
+        for d in range(-(-files // per_dir)):
+            ids = range(d * per_dir, min(files, (d + 1) * per_dir))
+            names = [f"sample-{i:07d}.txt" for i in ids]
+            datas = [
+                b"sample %d of the many-files bundle%s\n" % (i, b" (changed)" if i in changed else b"")
+                for i in ids
+            ]
+            results = ing.ingest_buffers(datas)
+            entries = [
+                TreeEntry(n, EntryKind.FILE, 0o644, now, r.size, r.key)
+                for n, r in zip(names, results, strict=True)
+            ]
+            raw = encode_tree(entries)
+            key = key_of(raw)
+            ing.store_objects([(key, raw, Kind.TREE)])
+            size = sum(r.size for r in results)
+            dirs.append(TreeEntry(f"part-{d:04d}", EntryKind.DIR, 0o755, now, size, key))
+            total += size
+        raw = encode_tree(dirs)
+        root = key_of(raw)
+        ing.store_objects([(root, raw, Kind.TREE)])
+    who = ctx.contributor
+    b = make_bundle(
+        repo=repo,
+        tree=root.hex(),
+        parents=[parent] if parent else [],
+        message=f"{files} small files, {len(changed)} changed",
+        contributor_name=who.name,
+        contributor_email=who.email,
+        time_ns=now,
+        file_count=files,
+        total_size=total,
+    )
+    ctx.meta.add_bundle(b)
+    return b.id
+
+
+def build_many_files_bundle(home: Path, repo: str, files: int, per_dir: int = 1000) -> tuple[str, str]:
+    """A new repo with one bundle of ``files`` small files. Returns (bundle id, a deep file's path)."""
+    os.environ["DATAMON_HOME"] = str(home)
+    import datamon
+
     with datamon.connect() as ctx:
         ctx.create_repo(repo)
-        dirs: list[TreeEntry] = []
-        total = 0
-        with ctx.cas.writing() as ing:
-            for d in range(-(-files // per_dir)):
-                names = [f"sample-{i:07d}.txt" for i in range(d * per_dir, min(files, (d + 1) * per_dir))]
-                datas = [b"sample %s of the many-files bundle\n" % n.encode() for n in names]
-                results = ing.ingest_buffers(datas)
-                entries = [
-                    TreeEntry(n, EntryKind.FILE, 0o644, now, r.size, r.key)
-                    for n, r in zip(names, results, strict=True)
-                ]
-                raw = encode_tree(entries)
-                key = key_of(raw)
-                ing.store_objects([(key, raw, Kind.TREE)])
-                size = sum(r.size for r in results)
-                dirs.append(TreeEntry(f"part-{d:04d}", EntryKind.DIR, 0o755, now, size, key))
-                total += size
-            raw = encode_tree(dirs)
-            root = key_of(raw)
-            ing.store_objects([(root, raw, Kind.TREE)])
-        who = ctx.contributor
-        b = make_bundle(
-            repo=repo,
-            tree=root.hex(),
-            parents=[],
-            message=f"{files} small files",
-            contributor_name=who.name,
-            contributor_email=who.email,
-            time_ns=now,
-            file_count=files,
-            total_size=total,
-        )
-        ctx.meta.add_bundle(b)
-        last = dirs[-1].name
-        deep = f"{last}/sample-{files - 1:07d}.txt"
-        return b.id, deep
+        bid = build_files_bundle(ctx, repo, files, per_dir=per_dir)
+    last = -(-files // per_dir) - 1
+    return bid, f"part-{last:04d}/sample-{files - 1:07d}.txt"
 
 
 # -- measurements -------------------------------------------------------------------------------
