@@ -1,4 +1,4 @@
-"""``datamon bundle mount`` (read-only) and ``datamon bundle mount new`` (writable, commits on unmount)."""
+"""``datamon bundle mount``: read-only mount, ``mount new`` (commits on unmount), ``mount commit``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import os
 import re
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from datamon.cli.common import bundle_ref_options, context_option, open_context, repo_option, stderr
 from datamon.fuse import DEFAULT_PREFETCH
+
+if TYPE_CHECKING:
+    from datamon.meta.records import BundleRecord
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
@@ -183,6 +187,11 @@ def bundle_mount_new(
         staging_root=config.home() / "staging",
         debug=debug,
     )
+    _report_new_bundle(b, label)
+
+
+def _report_new_bundle(b: BundleRecord | None, label: str | None) -> None:
+    """The id on stdout, a summary on stderr; or why there is none."""
     if b is None:
         stderr("nothing changed: no bundle was created")
         return
@@ -211,12 +220,7 @@ def bundle_mount_commit(staging: str) -> None:
     """
     from datamon.fuse.commit import retry
 
-    b = retry(open_context(), staging)
-    if b is None:
-        stderr("nothing changed: no bundle was created")
-        return
-    click.echo(b.id)
-    stderr(f"stored bundle {b.id[:12]}: {b.file_count} files")
+    _report_new_bundle(retry(open_context(), staging), None)
 
 
 def register(cli: click.Group) -> None:

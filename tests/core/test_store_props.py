@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tempfile
 import uuid
 from pathlib import Path
@@ -40,8 +41,6 @@ def test_put_then_get_returns_the_same_bytes(files: list[bytes], streamed: bool)
         try:
             with cas.writing() as ing:
                 if streamed:
-                    import io
-
                     results = [ing.ingest_stream(io.BytesIO(data)) for data in files]
                 else:
                     results = ing.ingest_buffers(files)

@@ -266,7 +266,7 @@ def test_a_failed_commit_keeps_the_staged_changes_and_retry_stores_them(
 
 
 def test_mount_commit_cli_stores_kept_changes_and_explains_a_bad_directory(
-    ctx: Context, bundle: BundleRecord, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dm: Any
+    ctx: Context, bundle: BundleRecord, tmp_path: Path, dm: Any
 ) -> None:
     staging = tmp_path / "staging"
     view = MutableView(ctx, bundle, staging)
