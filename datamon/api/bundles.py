@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from datamon.errors import NotFound, UsageError
 
@@ -16,6 +16,37 @@ if TYPE_CHECKING:
     from datamon.meta.records import BundleRecord
 
 RECORD_VERSION = 1
+
+T = TypeVar("T")
+
+
+class Descend:
+    """Yielded by a step generator of ``flatten``: run this step generator here, then go on."""
+
+    __slots__ = ("gen",)
+
+    def __init__(self, gen: Iterator[object]) -> None:
+        self.gen = gen
+
+
+Step = Iterator[T | Descend]
+
+
+def flatten(step: Step[T]) -> Iterator[T]:
+    """The items of a recursive walk written as step generators that yield ``Descend(sub)``
+    instead of ``yield from sub``: same order, but an explicit stack instead of Python's
+    (a tree thousands of directories deep does not hit the recursion limit)."""
+    stack: list[Iterator[object]] = [step]
+    while stack:
+        try:
+            item = next(stack[-1])
+        except StopIteration:
+            stack.pop()
+            continue
+        if isinstance(item, Descend):
+            stack.append(item.gen)
+        else:
+            yield item  # type: ignore[misc]
 
 
 def encode_record(
@@ -150,8 +181,11 @@ class Entry:
 
 
 def split_path(path: str) -> list[str]:
-    """Components of a bundle path; rejects anything that would escape the bundle."""
-    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    """Components of a bundle path; rejects anything that would escape the bundle. Names are
+    Linux names: a backslash is an ordinary character, not a separator."""
+    if "\x00" in path:
+        raise UsageError(f"path {path!r} contains a NUL character", "give a path of the bundle")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts) or path.startswith("/"):
         raise UsageError(f"path {path!r} escapes the bundle", "give a path relative to the bundle root")
     return parts
@@ -164,17 +198,17 @@ def iter_entries(
     cas = ctx.cas
     pattern = re.compile(name_filter) if name_filter else None
 
-    def walk(tree_key: bytes, prefix: str) -> Iterator[Entry]:
+    def walk(tree_key: bytes, prefix: str) -> Step[Entry]:
         for e in cas.read_tree(tree_key):
             path = f"{prefix}{e.name}"
             if e.is_dir:
                 if not files_only and (pattern is None or pattern.search(path)):
                     yield Entry(path, e)
-                yield from walk(e.key, path + "/")
+                yield Descend(walk(e.key, path + "/"))
             elif pattern is None or pattern.search(path):
                 yield Entry(path, e)
 
-    yield from walk(bytes.fromhex(b.tree), "")
+    yield from flatten(walk(bytes.fromhex(b.tree), ""))
 
 
 def lookup(ctx: Context, b: BundleRecord, path: str) -> TreeEntry:

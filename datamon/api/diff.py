@@ -9,6 +9,7 @@ For a directory compared with a bundle, the directory is the older side: ``A`` i
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from datamon.api.bundles import Entry, resolve
+from datamon.api.bundles import Descend, Entry, Step, flatten, resolve
 from datamon.api.statcache import StatCache, stat_key
 
 if TYPE_CHECKING:
@@ -54,7 +55,11 @@ def _children(ctx: Context, e: TreeEntry | None) -> dict[str, TreeEntry]:
 
 
 def _leaves(ctx: Context, e: TreeEntry, path: str) -> Iterator[tuple[str, TreeEntry]]:
-    """Files, symlinks and empty directories at or under ``e``."""
+    """Files, symlinks and empty directories at or under ``e`` (depth-first, name order)."""
+    return flatten(_leaves_step(ctx, e, path))
+
+
+def _leaves_step(ctx: Context, e: TreeEntry, path: str) -> Step[tuple[str, TreeEntry]]:
     if not e.is_dir:
         yield path, e
         return
@@ -62,13 +67,17 @@ def _leaves(ctx: Context, e: TreeEntry, path: str) -> Iterator[tuple[str, TreeEn
     if not kids:
         yield path + "/", e
     for name, c in sorted(kids.items()):
-        yield from _leaves(ctx, c, f"{path}/{name}")
+        yield Descend(_leaves_step(ctx, c, f"{path}/{name}"))
 
 
 def diff_entries(
     ctx: Context, old: TreeEntry | None, new: TreeEntry | None, path: str = ""
 ) -> Iterator[Change]:
     """Changes from ``old`` to ``new`` (directory entries or None), paths under ``path``."""
+    return flatten(_diff_step(ctx, old, new, path))
+
+
+def _diff_step(ctx: Context, old: TreeEntry | None, new: TreeEntry | None, path: str) -> Step[Change]:
     if old is not None and new is not None and old.is_dir and new.is_dir:
         if old.key == new.key:
             return
@@ -77,7 +86,7 @@ def diff_entries(
             return
         for name in sorted(set(a) | set(b)):
             sub = f"{path}/{name}" if path else name
-            yield from diff_entries(ctx, a.get(name), b.get(name), sub)
+            yield Descend(_diff_step(ctx, a.get(name), b.get(name), sub))
         if not a and b and path:
             yield Change("D", path + "/", old, None)
         if a and not b and path:
@@ -183,6 +192,10 @@ def _local_entry(
 
 
 def _diff_local(ctx: Context, view: _LocalView, rel: str, tree: TreeEntry | None) -> Iterator[Change]:
+    return flatten(_diff_local_step(ctx, view, rel, tree))
+
+
+def _diff_local_step(ctx: Context, view: _LocalView, rel: str, tree: TreeEntry | None) -> Step[Change]:
     local = view.entries(rel)
     bundle = _children(ctx, tree)
     for name in sorted(set(local) | set(bundle)):
@@ -195,7 +208,7 @@ def _diff_local(ctx: Context, view: _LocalView, rel: str, tree: TreeEntry | None
                 continue
             have = _local_entry(view, de, st, want)
         if have is not None and have.is_dir and want is not None and want.is_dir:
-            yield from _diff_local(ctx, view, sub, want)
+            yield Descend(_diff_local_step(ctx, view, sub, want))
             continue
         if have is not None and want is not None and not have.is_dir and not want.is_dir:
             if not _same(have, want):
@@ -216,6 +229,10 @@ def _diff_local(ctx: Context, view: _LocalView, rel: str, tree: TreeEntry | None
 
 
 def _local_leaves(view: _LocalView, rel: str) -> Iterator[tuple[str, TreeEntry]]:
+    return flatten(_local_leaves_step(view, rel))
+
+
+def _local_leaves_step(view: _LocalView, rel: str) -> Step[tuple[str, TreeEntry]]:
     kids = view.entries(rel)
     if not kids:
         from datamon.cas.hashing import ZERO_KEY
@@ -225,7 +242,7 @@ def _local_leaves(view: _LocalView, rel: str) -> Iterator[tuple[str, TreeEntry]]
     for name, (de, st) in sorted(kids.items()):
         sub = f"{rel}/{name}"
         if stat.S_ISDIR(st.st_mode):
-            yield from _local_leaves(view, sub)
+            yield Descend(_local_leaves_step(view, sub))
         else:
             yield sub, _local_entry(view, de, st, None)
 
@@ -268,18 +285,61 @@ def update(
     bundle: str | None = None,
     label: str | None = None,
     progress: object = None,
+    force: bool = False,
+    concurrency: int | None = None,
 ) -> UpdateResult:
-    """Make directory ``destination`` equal the bundle, touching only what differs."""
-    from datamon.api.download import _remove, materialize
+    """Make directory ``destination`` equal the bundle, touching only what differs.
+
+    It deletes what is not in the bundle, so it refuses (``UsageError``) a directory that is
+    not a datamon download (not in the download registry, or it held other files when it
+    was first downloaded into) unless ``force``. Deletions go through ``O_NOFOLLOW``
+    directory fds and never follow a symlink.
+    """
+    from datamon.api import localfs
+    from datamon.api.download import materialize
+    from datamon.api.downloads import Registry, registered
+    from datamon.errors import UsageError
 
     t0 = time.perf_counter()
     dest = os.path.abspath(os.fspath(destination))
-    changes = diff_destination(ctx, repo, dest, bundle=bundle, label=label)
-    for c in changes:
-        if c.op == "D":
-            p = os.path.join(dest, c.path.rstrip("/"))
-            if os.path.lexists(p):
-                _remove(p)
-    todo = [Entry(c.path.rstrip("/"), c.new) for c in changes if c.op in ("A", "U") and c.new is not None]
-    materialize(ctx, dest, todo, progress=progress)  # type: ignore[arg-type]
+    if not os.path.isdir(dest):
+        raise UsageError(
+            f"destination {destination!r} is not a directory", "give the directory of a download"
+        )
+    b = resolve(ctx, repo, bundle=bundle, label=label)
+    rec = registered(ctx.state_dir, dest)
+    if not force and (rec is None or rec.adopted):
+        why = "it was not made by `datamon bundle download`" if rec is None else "it held other files"
+        raise UsageError(
+            f"refusing to update {dest!r}: {why}, and update deletes every file that is not in the bundle",
+            "download into a new directory, or pass --force-dest to update it anyway",
+        )
+    changes = diff_destination(ctx, repo, dest, bundle=b.id)
+    reg = Registry(ctx.state_dir)
+    try:
+        # registered before the first change: an interrupted update is finished by rerunning it
+        # (what it deletes is gone either way: the directory is this bundle's from now on)
+        reg.put(dest, repo=repo, bundle=b.id, name_filter=None, complete=False, adopted=False)
+        root = localfs.open_root(dest)
+        w = localfs.DirWalker(root)
+        try:
+            for c in changes:
+                if c.op != "D":
+                    continue
+                parts = localfs.safe_parts(c.path.rstrip("/"))
+                try:
+                    dfd = w.cd(parts[:-1])
+                except OSError as e:
+                    if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                        continue  # its directory is gone (or is a symlink now): nothing to delete
+                    raise
+                localfs.remove_at(dfd, parts[-1])
+        finally:
+            w.close()
+            os.close(root)
+        todo = [Entry(c.path.rstrip("/"), c.new) for c in changes if c.op in ("A", "U") and c.new is not None]
+        materialize(ctx, dest, todo, progress=progress, concurrency=concurrency)  # type: ignore[arg-type]
+        reg.put(dest, repo=repo, bundle=b.id, name_filter=None, complete=True, adopted=False)
+    finally:
+        reg.close()
     return UpdateResult(changes, time.perf_counter() - t0)

@@ -1,20 +1,27 @@
-"""``download``: a bundle (or part of it) becomes a local directory, every byte verified."""
+"""``download``: a bundle (or part of it) becomes a local directory, every byte verified.
+
+Local writes follow ``datamon/api/localfs.py``: every directory below the destination is
+reached through ``O_NOFOLLOW`` directory fds, every file is written under a temporary name
+in its final directory and renamed into place only when all of its bytes were verified
+and counted, modes lose setuid/setgid/sticky and get the umask, and symlinks of the bundle
+are created last (and never followed afterwards).
+"""
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from datamon.api import localfs
 from datamon.api.bundles import Entry, iter_entries, lookup, resolve, split_path
 from datamon.api.progress import NoProgress, Progress
-from datamon.api.statcache import StatCache, stat_key
-from datamon.errors import UsageError
+from datamon.api.statcache import StatCache, StatKey, stat_key
+from datamon.errors import IntegrityError, UsageError
 
 if TYPE_CHECKING:
     from datamon.api.context import Context
@@ -33,14 +40,8 @@ class DownloadResult:
     seconds: float
 
 
-def _check_destination(dest: str, force: bool) -> None:
-    if os.path.lexists(dest) and not os.path.isdir(dest):
-        raise UsageError(f"destination {dest!r} exists and is not a directory", "choose a directory")
-    if os.path.isdir(dest) and not force and any(os.scandir(dest)):
-        raise UsageError(
-            f"destination {dest!r} is not empty",
-            "choose an empty or new directory, or pass --force-dest to overwrite files in it",
-        )
+def _not_a_directory(dest: str) -> UsageError:
+    return UsageError(f"destination {dest!r} exists and is not a directory", "choose a directory")
 
 
 def download(
@@ -58,9 +59,13 @@ def download(
     """Write the bundle's files (those whose path matches ``name_filter``, a regex searched
     in the path) under ``destination``, with modes, mtimes, symlinks and empty directories.
 
-    Raises ``UsageError`` if the destination is not empty (unless ``force_dest``),
+    Raises ``UsageError`` if the destination is not empty (unless ``force_dest``, or it is
+    an interrupted download of this same bundle: that is finished like ``update``),
     ``NotFound`` for unknown repo/bundle/label, ``IntegrityError`` if stored bytes are bad.
+    The destination is recorded in the download registry before anything is written.
     """
+    from datamon.api.downloads import Registry, registered
+
     t0 = time.perf_counter()
     dest = os.path.abspath(os.fspath(destination))
     if name_filter:
@@ -71,11 +76,55 @@ def download(
                 f"--name-filter {name_filter!r} is not a valid regular expression: {e}"
             ) from None
     b = resolve(ctx, repo, bundle=bundle, label=label)
-    _check_destination(dest, force_dest)
+    if os.path.lexists(dest) and not os.path.isdir(dest):
+        raise _not_a_directory(dest)
+    rec = registered(ctx.state_dir, dest) if os.path.isdir(dest) else None
+    nonempty = os.path.isdir(dest) and any(os.scandir(dest))
+    if nonempty and not force_dest:
+        same = rec is not None and not rec.adopted and (rec.repo, rec.bundle) == (repo, b.id)
+        if same and rec is not None and name_filter is None and rec.name_filter is None:
+            return _resume(ctx, repo, dest, b, progress, concurrency, t0)
+        if rec is not None and not rec.adopted:
+            raise UsageError(
+                f"destination {dest!r} is not empty: it holds a download of bundle {rec.bundle[:12]}"
+                f" of repo {rec.repo}",
+                f"run `datamon bundle update --repo {repo} --bundle {b.id[:12]} --destination {dest}`"
+                " to make it this bundle, or choose an empty directory",
+            )
+        raise UsageError(
+            f"destination {dest!r} is not empty",
+            "choose an empty or new directory, or pass --force-dest to overwrite files in it",
+        )
     entries = list(iter_entries(ctx, b, name_filter=name_filter))
     os.makedirs(dest, exist_ok=True)
-    files, nbytes = materialize(ctx, dest, entries, progress=progress, concurrency=concurrency)
+    # A non-empty directory that was not a download holds files datamon did not make: it is
+    # registered as adopted, and `update` will not delete in it unless forced.
+    adopted = nonempty and (rec is None or rec.adopted)
+    reg = Registry(ctx.state_dir)
+    try:
+        reg.put(dest, repo=repo, bundle=b.id, name_filter=name_filter, complete=False, adopted=adopted)
+        files, nbytes = materialize(ctx, dest, entries, progress=progress, concurrency=concurrency)
+        reg.put(dest, repo=repo, bundle=b.id, name_filter=name_filter, complete=True, adopted=adopted)
+    finally:
+        reg.close()
     return DownloadResult(b, dest, files, nbytes, time.perf_counter() - t0)
+
+
+def _resume(
+    ctx: Context,
+    repo: str,
+    dest: str,
+    b: BundleRecord,
+    progress: Progress | None,
+    concurrency: int | None,
+    t0: float,
+) -> DownloadResult:
+    """Finish an interrupted download of ``b`` into ``dest``: only what is missing or differs."""
+    from datamon.api.diff import update
+
+    r = update(ctx, repo, dest, bundle=b.id, progress=progress, concurrency=concurrency)
+    done = [c.new for c in r.changes if c.op in ("A", "U") and c.new is not None and c.new.is_file]
+    return DownloadResult(b, dest, len(done), sum(e.size for e in done), time.perf_counter() - t0)
 
 
 def download_file(
@@ -96,16 +145,19 @@ def download_file(
             f"{path!r} is a directory", "use `datamon bundle download --name-filter` for directories"
         )
     dest = os.path.abspath(os.fspath(destination))
+    if os.path.lexists(dest) and not os.path.isdir(dest):
+        raise _not_a_directory(dest)
     os.makedirs(dest, exist_ok=True)
     materialize(ctx, dest, [Entry("/".join(parts), e)], overwrite=True)
     return os.path.join(dest, *parts)
 
 
-def _remove(path: str) -> None:
-    if os.path.islink(path) or not os.path.isdir(path):
-        os.unlink(path)
-    else:
-        shutil.rmtree(path)
+def _size_error(e: Entry, got: int) -> IntegrityError:
+    from datamon.errors import CorruptObject
+
+    return CorruptObject(
+        e.entry.key.hex(), "file", f"{e.path!r} has {got} bytes, its tree entry says {e.size}"
+    )
 
 
 def materialize(
@@ -118,117 +170,151 @@ def materialize(
     overwrite: bool = True,
 ) -> tuple[int, int]:
     """Create ``entries`` under ``dest`` (replacing what is in the way when ``overwrite``).
-    Returns (files, bytes). Records written files in the stat cache."""
+    Returns (files, bytes). Records written files in the stat cache, each with the stat it
+    had when datamon closed it."""
+    from datamon.cas.pack import Kind
     from datamon.cas.tree import EntryKind
 
     cas = ctx.cas
     progress = progress or NoProgress()
-    dirs: list[Entry] = []
-    files: list[Entry] = []
-    links: list[Entry] = []
+    dirs: list[tuple[list[str], Entry]] = []
+    files: list[tuple[list[str], Entry]] = []
+    links: list[tuple[list[str], Entry]] = []
     for e in entries:
-        {EntryKind.DIR: dirs, EntryKind.FILE: files, EntryKind.SYMLINK: links}[e.entry.kind].append(e)
-    progress.start(len(files), sum(e.size for e in files))
-
-    made: set[str] = {dest}
-
-    def ensure_dir(path: str) -> None:
-        if path in made:
-            return
-        if (os.path.lexists(path) and not os.path.isdir(path)) or os.path.islink(path):
-            _remove(path)
-        os.makedirs(path, exist_ok=True)
-        made.add(path)
-
-    for d in dirs:
-        ensure_dir(os.path.join(dest, d.path))
-    for e in files + links:
-        parent = os.path.dirname(os.path.join(dest, e.path))
-        if parent not in made:
-            ensure_dir(parent)
-
-    small_limit = cas.chunker.params.min_size
-    small = [e for e in files if e.size <= small_limit]
-    large = [e for e in files if e.size > small_limit]
-    written: list[tuple[str, bytes]] = []
-
-    def write(e: Entry, pieces: Iterable[bytes]) -> None:
-        path = os.path.join(dest, e.path)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        bucket = {EntryKind.DIR: dirs, EntryKind.FILE: files, EntryKind.SYMLINK: links}[e.entry.kind]
+        bucket.append((localfs.safe_parts(e.path), e))
+    progress.start(len(files), sum(e.size for _, e in files))
+    umask = localfs.umask()
+    root = localfs.open_root(dest)
+    written: list[tuple[str, StatKey, bytes]] = []
+    try:
+        # 1. directories, in tree order (one walker moves along the depth-first order)
+        w = localfs.DirWalker(root, create=True, replace=overwrite)
         try:
-            fd = os.open(path, flags, 0o600)
-        except OSError:
-            if not os.path.lexists(path):
-                raise
-            _remove(path)
-            fd = os.open(path, flags, 0o600)
-        try:
-            for piece in pieces:
-                _write_all(fd, piece)
-            os.fchmod(fd, e.entry.mode & 0o7777)
-            os.utime(fd, ns=(e.entry.mtime_ns, e.entry.mtime_ns))
+            for parts, _ in dirs:
+                w.cd(parts)
+            for parts, _ in files + links:
+                w.cd(parts[:-1])
         finally:
+            w.close()
+
+        small_limit = cas.chunker.params.min_size
+        small = [(p, e) for p, e in files if 0 < e.size <= small_limit]
+        empty = [(p, e) for p, e in files if e.size == 0]
+        large = [(p, e) for p, e in files if e.size > small_limit]
+        if small:  # an entry claiming to be small but naming a file map is streamed and checked
+            locs = cas.reader.locate([e.entry.key for _, e in small])
+            odd = {k for k, loc in locs.items() if loc.kind != Kind.CHUNK}
+            if odd:
+                large += [(p, e) for p, e in small if e.entry.key in odd]
+                small = [(p, e) for p, e in small if e.entry.key not in odd]
+        small = empty + small
+
+        def write(w: localfs.DirWalker, parts: list[str], e: Entry, pieces: Iterable[bytes]) -> None:
+            dfd = w.cd(parts[:-1])
+            fd, tmp = localfs.new_temp(dfd)
+            try:
+                n = 0
+                for piece in pieces:
+                    n += len(piece)
+                    if n > e.size:
+                        raise _size_error(e, n)
+                    localfs.write_all(fd, piece)
+                if n != e.size:
+                    raise _size_error(e, n)
+                os.fchmod(fd, e.entry.mode & 0o777 & ~umask)
+                os.utime(fd, ns=(e.entry.mtime_ns, e.entry.mtime_ns))
+                localfs.rename_into_place(dfd, tmp, parts[-1], replace=overwrite)
+                tmp = ""
+                st = os.fstat(fd)  # the stat it has as datamon lets go of it (rename sets ctime)
+            except BaseException:
+                os.close(fd)
+                if tmp:
+                    localfs.unlink_quietly(dfd, tmp)
+                raise
             os.close(fd)
-        written.append((path, e.entry.key))
+            if st.st_size == e.size and st.st_mtime_ns == e.entry.mtime_ns:
+                written.append((os.path.join(dest, *parts), stat_key(st), e.entry.key))
 
-    def do_batch(batch: list[Entry]) -> None:
-        got = cas.get_many([e.entry.key for e in batch if e.size])
-        for e in batch:
-            write(e, [got[e.entry.key]] if e.size else [])
-        progress.advance(len(batch), sum(e.size for e in batch))
+        def do_batch(batch: list[tuple[list[str], Entry]]) -> None:
+            got = cas.get_many([e.entry.key for _, e in batch if e.size])
+            w = localfs.DirWalker(root)
+            try:
+                for parts, e in batch:
+                    write(w, parts, e, [got[e.entry.key]] if e.size else [])
+            finally:
+                w.close()
+            progress.advance(len(batch), sum(e.size for _, e in batch))
 
-    def do_large(e: Entry) -> None:
-        write(e, _counting(cas.iter_file(e.entry.key, e.size), progress))
-        progress.advance(1, 0)
+        def do_large(parts: list[str], e: Entry) -> None:
+            w = localfs.DirWalker(root)
+            try:
+                write(w, parts, e, _counting(cas.iter_file(e.entry.key, e.size), progress))
+            finally:
+                w.close()
+            progress.advance(1, 0)
 
-    batches: list[list[Entry]] = []
-    cur: list[Entry] = []
-    cur_bytes = 0
-    for e in small:
-        if cur and (cur_bytes + e.size > BATCH_BYTES or len(cur) >= BATCH_FILES):
+        batches: list[list[tuple[list[str], Entry]]] = []
+        cur: list[tuple[list[str], Entry]] = []
+        cur_bytes = 0
+        for pe in small:
+            size = pe[1].size
+            if cur and (cur_bytes + size > BATCH_BYTES or len(cur) >= BATCH_FILES):
+                batches.append(cur)
+                cur, cur_bytes = [], 0
+            cur.append(pe)
+            cur_bytes += size
+        if cur:
             batches.append(cur)
-            cur, cur_bytes = [], 0
-        cur.append(e)
-        cur_bytes += e.size
-    if cur:
-        batches.append(cur)
-    workers = max(1, concurrency or os.cpu_count() or 2)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="datamon-write") as pool:
-        futs = [pool.submit(do_large, e) for e in sorted(large, key=lambda e: -e.size)]
-        futs += [pool.submit(do_batch, b) for b in batches]
+        workers = max(1, concurrency or os.cpu_count() or 2)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="datamon-write") as pool:
+            futs = [pool.submit(do_large, p, e) for p, e in sorted(large, key=lambda pe: -pe[1].size)]
+            futs += [pool.submit(do_batch, b) for b in batches]
+            try:
+                for f in futs:
+                    f.result()
+            except BaseException:
+                for f in futs:
+                    f.cancel()
+                raise
+
+        # 2. symlinks, last: nothing written after this goes below a path holding one
+        w = localfs.DirWalker(root)
         try:
-            for f in futs:
-                f.result()
-        except BaseException:
-            for f in futs:
-                f.cancel()
-            raise
+            for parts, e in links:
+                dfd = w.cd(parts[:-1])
+                name = parts[-1]
+                if overwrite:
+                    localfs.remove_at(dfd, name)
+                os.symlink(e.entry.target, name, dir_fd=dfd)
+                try:
+                    os.utime(name, ns=(e.entry.mtime_ns, e.entry.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+                except OSError:
+                    pass
+        finally:
+            w.close()
 
-    for e in links:
-        path = os.path.join(dest, e.path)
-        if os.path.lexists(path):
-            _remove(path)
-        os.symlink(e.entry.target, path)
+        # 3. directory modes and mtimes, children before parents (reverse depth-first order)
+        w = localfs.DirWalker(root)
         try:
-            os.utime(path, ns=(e.entry.mtime_ns, e.entry.mtime_ns), follow_symlinks=False)
-        except OSError:
-            pass
-    for d in sorted(dirs, key=lambda d: -d.path.count("/")):
-        path = os.path.join(dest, d.path)
-        os.chmod(path, d.entry.mode & 0o7777 or 0o755)
-        os.utime(path, ns=(d.entry.mtime_ns, d.entry.mtime_ns))
-    progress.finish()
-
-    cache = StatCache(ctx.state_dir)
-    cache.store((p, stat_key(os.stat(p)), k) for p, k in written if k)
-    cache.close()
-    return len(files), sum(e.size for e in files)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+            for parts, e in reversed(dirs):
+                try:
+                    dfd = w.cd(parts)
+                except OSError:
+                    continue  # replaced by a symlink of the bundle (a hostile duplicate name)
+                os.fchmod(dfd, localfs.dir_mode(e.entry.mode))
+                os.utime(dfd, ns=(e.entry.mtime_ns, e.entry.mtime_ns))
+        finally:
+            w.close()
+        progress.finish()
+    finally:
+        os.close(root)
+        # what was completely written is cached even after a failure or Ctrl-C: a rerun
+        # (``update``) then skips re-reading it
+        cache = StatCache(ctx.state_dir)
+        cache.store(written)
+        cache.close()
+    return len(files), sum(e.size for _, e in files)
 
 
 def _counting(it: Iterator[bytes], progress: Progress) -> Iterator[bytes]:

@@ -4,6 +4,7 @@ A re-upload or a diff against a download skips reading files whose stat did not 
 It is a local SQLite file (not the metadata database, which may be a remote PostgreSQL),
 and only an accelerator: losing it costs a re-read, never correctness, and keys found
 here are checked against the object index before they are trusted by an upload.
+Paths are stored as bytes (``os.fsencode``), so names that are not UTF-8 work too.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ class StatCache:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=OFF")
             db.execute(
-                "CREATE TABLE IF NOT EXISTS stat (path TEXT PRIMARY KEY, size INTEGER, mtime INTEGER,"
+                "CREATE TABLE IF NOT EXISTS stat_b (path BLOB PRIMARY KEY, size INTEGER, mtime INTEGER,"
                 " ctime INTEGER, ino INTEGER, key BLOB) WITHOUT ROWID"
             )
+            db.execute("DROP TABLE IF EXISTS stat")  # paths as TEXT: could not hold non-UTF-8 names
             self._db = db
         except sqlite3.Error:
             self._db = None  # an accelerator only: run without it
@@ -44,23 +46,27 @@ class StatCache:
         """All cached entries whose path is below directory ``root`` (absolute)."""
         if self._db is None:
             return {}
-        lo = root.rstrip("/") + "/"
-        hi = root.rstrip("/") + "0"  # '0' sorts right after '/'
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT path, size, mtime, ctime, ino, key FROM stat WHERE path >= ? AND path < ?", (lo, hi)
-            ).fetchall()
-        return {p: ((s, m, c, i), k) for p, s, m, c, i, k in rows}
+        base = os.fsencode(root).rstrip(b"/")
+        lo, hi = base + b"/", base + b"0"  # '0' sorts right after '/' (BLOBs compare as bytes)
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT path, size, mtime, ctime, ino, key FROM stat_b WHERE path >= ? AND path < ?",
+                    (lo, hi),
+                ).fetchall()
+        except sqlite3.Error:
+            return {}
+        return {os.fsdecode(p): ((s, m, c, i), k) for p, s, m, c, i, k in rows}
 
     def store(self, items: Iterable[tuple[str, StatKey, bytes]]) -> None:
         if self._db is None:
             return
-        rows = [(p, *sk, k) for p, sk, k in items]
+        rows = [(os.fsencode(p), *sk, k) for p, sk, k in items]
         if not rows:
             return
         try:
             with self._lock, self._db:
-                self._db.executemany("INSERT OR REPLACE INTO stat VALUES (?, ?, ?, ?, ?, ?)", rows)
+                self._db.executemany("INSERT OR REPLACE INTO stat_b VALUES (?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.Error:
             pass
 
