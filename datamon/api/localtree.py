@@ -25,9 +25,13 @@ class LocalDir:
     dirs: dict[str, LocalDir] = field(default_factory=dict)
 
     def iter_files(self) -> Iterator[LocalFile]:
-        yield from self.files.values()
-        for d in self.dirs.values():
-            yield from d.iter_files()
+        """Every file below, depth-first (a directory's files, then each subdirectory's);
+        an explicit stack, so any depth works."""
+        stack: list[LocalDir] = [self]
+        while stack:
+            d = stack.pop()
+            yield from d.files.values()
+            stack.extend(reversed(d.dirs.values()))
 
 
 OnError = Callable[[str, OSError], None]
@@ -81,30 +85,51 @@ def scan(root: str, on_error: OnError) -> LocalDir:
 
 
 def scan_listed(root: str, relpaths: list[str], on_error: OnError) -> LocalDir:
-    """Only the listed files (relative to ``root``), with the directories that hold them."""
+    """Only the listed files (relative to ``root``), with the directories that hold them.
+
+    Every component is ``lstat``-ed: a listed path that goes through a symlink stores that
+    symlink as a link (as a plain upload would), never what is behind it."""
     top = LocalDir(root, os.stat(root))
     for rel in relpaths:
+        if "\x00" in rel:
+            raise UsageError(f"listed path {rel!r} contains a NUL character", "list one path per line")
         parts = [p for p in rel.strip().split("/") if p not in ("", ".")]
         if not parts:
             continue
         if ".." in parts:
             raise UsageError(f"listed path {rel!r} escapes {root}", "list paths relative to --path")
-        d = top
+        d: LocalDir | None = top
         try:
             for part in parts[:-1]:
+                assert d is not None
+                if part in d.links:  # an earlier listed path found a symlink here
+                    d = None
+                    break
                 if part not in d.dirs:
                     p = os.path.join(d.path, part)
-                    d.dirs[part] = LocalDir(p, os.stat(p))
+                    st = os.lstat(p)
+                    if stat.S_ISLNK(st.st_mode):
+                        d.files.pop(part, None)
+                        d.links[part] = (os.readlink(p), st)
+                        d = None
+                        break
+                    if not stat.S_ISDIR(st.st_mode):
+                        raise NotADirectoryError(20, "Not a directory", p)
+                    d.dirs[part] = LocalDir(p, st)
                 d = d.dirs[part]
+            if d is None:
+                continue
             p = os.path.join(d.path, parts[-1])
             st = os.lstat(p)
         except OSError as e:
             on_error(os.path.join(root, rel), e)
             continue
+        name = parts[-1]
         if stat.S_ISREG(st.st_mode):
-            d.files[parts[-1]] = LocalFile(p, st)
+            d.files[name] = LocalFile(p, st)
         elif stat.S_ISLNK(st.st_mode):
-            d.links[parts[-1]] = (os.readlink(p), st)
+            d.dirs.pop(name, None)
+            d.links[name] = (os.readlink(p), st)
         elif stat.S_ISDIR(st.st_mode):
-            d.dirs[parts[-1]] = scan(p, on_error)
+            d.dirs[name] = scan(p, on_error)
     return top

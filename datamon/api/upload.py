@@ -27,6 +27,23 @@ if TYPE_CHECKING:
 
 SMALL_BATCH_BYTES = 8 << 20
 SMALL_BATCH_FILES = 512
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _read_upto(fd: int, limit: int) -> bytes:
+    """At most ``limit`` bytes from ``fd`` (fewer at end of file): never an unbounded read."""
+    first = os.read(fd, limit)
+    if len(first) == limit or not first:
+        return first
+    parts = [first]
+    got = len(first)
+    while got < limit:
+        more = os.read(fd, limit - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 @dataclass
@@ -206,22 +223,42 @@ def _ingest(
     def do_batch(batch: list[LocalFile]) -> int:
         datas: list[bytes] = []
         ok: list[LocalFile] = []
+        new = 0
         for f in batch:
             try:
-                with open(f.path, "rb") as fh:
-                    datas.append(fh.read())
-                ok.append(f)
+                fd = os.open(f.path, _O_READ)
             except OSError as e:
                 errors(f.path, e)
+                continue
+            try:
+                # at most one byte more than scanned: a file that grew since is streamed
+                data = _read_upto(fd, f.st.st_size + 1)
+                if len(data) > f.st.st_size:
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    with os.fdopen(os.dup(fd), "rb") as fh:
+                        r = ing.ingest_stream(fh)
+                    keys[f.path] = (r.key, r.size)
+                    new += r.new_bytes
+                    progress.advance(0, r.size)
+                    continue
+            except OSError as e:
+                errors(f.path, e)
+                continue
+            finally:
+                os.close(fd)
+            datas.append(data)
+            ok.append(f)
         results = ing.ingest_buffers(datas)
         for f, r in zip(ok, results, strict=True):
             keys[f.path] = (r.key, r.size)
         progress.advance(len(batch), sum(len(d) for d in datas))
-        return sum(r.new_bytes for r in results)
+        return new + sum(r.new_bytes for r in results)
 
     def do_large(f: LocalFile) -> int:
         try:
-            r = ing.ingest_path(f.path)
+            fd = os.open(f.path, _O_READ)
+            with os.fdopen(fd, "rb") as fh:
+                r = ing.ingest_stream(fh)
         except OSError as e:
             errors(f.path, e)
             progress.advance(1, 0)
@@ -251,6 +288,7 @@ def _store_trees(ing: Ingester, top: LocalDir, keys: dict[str, tuple[bytes, int]
     from datamon.cas.tree import EntryKind, TreeEntry, encode_tree
 
     objects: list[tuple[bytes, bytes, int]] = []
+    done: dict[int, tuple[bytes, int, int]] = {}  # id(LocalDir) -> (tree key, files, bytes)
 
     def build(d: LocalDir) -> tuple[bytes, int, int]:
         entries: list[TreeEntry] = []
@@ -271,13 +309,13 @@ def _store_trees(ing: Ingester, top: LocalDir, keys: dict[str, tuple[bytes, int]
                     EntryKind.SYMLINK,
                     st.st_mode & 0o7777,
                     st.st_mtime_ns,
-                    len(target),
+                    len(os.fsencode(target)),
                     ZERO_KEY,
                     target,
                 )
             )
         for name, sub in d.dirs.items():
-            k, n, b = build(sub)
+            k, n, b = done.pop(id(sub))
             entries.append(TreeEntry(name, EntryKind.DIR, sub.st.st_mode & 0o7777, sub.st.st_mtime_ns, b, k))
             nfiles += n
             nbytes += b
@@ -286,6 +324,16 @@ def _store_trees(ing: Ingester, top: LocalDir, keys: dict[str, tuple[bytes, int]
         objects.append((key, raw, Kind.TREE))
         return key, nfiles, nbytes
 
-    root_key, nfiles, nbytes = build(top)
+    # post-order with an explicit stack (children before their parent, in name order), so a
+    # tree of any depth works
+    stack: list[tuple[LocalDir, bool]] = [(top, False)]
+    while stack:
+        d, expanded = stack.pop()
+        if expanded:
+            done[id(d)] = build(d)
+            continue
+        stack.append((d, True))
+        stack.extend((sub, False) for sub in reversed(d.dirs.values()))
+    root_key, nfiles, nbytes = done.pop(id(top))
     ing.store_objects(objects)
     return root_key.hex(), nfiles, nbytes
