@@ -109,6 +109,7 @@ class Context:
     def bundle(self, repo: str, bundle: str | None = None, label: str | None = None) -> BundleRecord:
         from datamon.api.bundles import resolve
 
+        check_ref(repo, bundle, label)
         return resolve(self, repo, bundle=bundle, label=label)
 
     def list_bundles(self, repo: str) -> list[BundleRecord]:
@@ -117,6 +118,7 @@ class Context:
     def entries(self, repo: str, bundle: str | None = None, label: str | None = None) -> Iterator[Entry]:
         from datamon.api.bundles import iter_entries, resolve
 
+        check_ref(repo, bundle, label)
         return iter_entries(self, resolve(self, repo, bundle=bundle, label=label))
 
     def open_file(
@@ -124,6 +126,7 @@ class Context:
     ) -> BinaryIO:
         from datamon.api.bundles import open_file
 
+        check_ref(repo, bundle, label)
         return open_file(self, repo, path, bundle=bundle, label=label)
 
     def set_label(self, repo: str, label: str, bundle: str, **kw: Any) -> LabelRecord:
@@ -135,16 +138,29 @@ class Context:
         return self.meta.get_label(repo, label)
 
 
+def check_ref(repo: str, bundle: str | None, label: str | None) -> None:
+    """Refuse an empty or invalid repo, bundle or label reference before it is resolved: an empty
+    ``label=""`` must never mean "the latest bundle". Raises ``UsageError``."""
+    from datamon.errors import UsageError
+    from datamon.names import check_lookup, check_name
+
+    check_lookup("repo", repo)
+    if label is not None:
+        check_name("label", label)
+    if bundle is not None and not bundle.strip():
+        raise UsageError("the bundle id is empty", "give a bundle id or a prefix of 6+ hex characters")
+
+
 def connect(context: str | None = None, **kwargs: Any) -> Context:
     """Open a context from ``$DATAMON_HOME/config.toml`` (the embedded default when unconfigured)."""
     from datamon import config
 
     cc = config.get_context(context)
-    h = config.home()
+    h = config.ensure_home()  # 0700: it holds the config, the default database and the caches
     kwargs.setdefault("cache_dir", h / "cache" / "chunks")
     kwargs.setdefault("state_dir", h / "cache")
-    kwargs.setdefault("cache_bytes", int(config.get_value("cache.max_bytes", 1 << 30)))
-    level = config.get_value("upload.compression_level")
+    kwargs.setdefault("cache_bytes", config.cache_bytes())
+    level = config.compression_level()
     if level is not None:
-        kwargs.setdefault("compression_level", int(level))
+        kwargs.setdefault("compression_level", level)
     return Context(cc.blob_url, cc.meta_url, name=cc.name, **kwargs)

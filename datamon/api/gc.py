@@ -77,6 +77,7 @@ class GcReport:
     deleted_orphans: int = 0
     adopted_objects: int = 0  # reachable objects re-indexed from orphan packs
     restored_objects: int = 0  # hidden rows put back because an upload started using them
+    temporaries: int = 0  # stale temporaries (of writers killed mid-write) removed from a local store
     freed_bytes: int = 0  # blob store bytes given back (or that would be, with dry_run)
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)  # packs left alone because of a problem
@@ -87,16 +88,28 @@ class GcReport:
         return d
 
 
+MAX_DURATION_NS = 100 * 365 * 86400 * 10**9  # a century: longer is a typo, and overflows SQL integers
+
+
 def parse_duration(text: str) -> int:
-    """``"24h"``, ``"30m"``, ``"7d"``, ``"90s"``, ``"1h30m"`` or plain seconds → nanoseconds."""
-    t = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", t):
-        return int(float(t) * 10**9)
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", t)
-    if not parts or "".join(n + u for n, u in parts) != t:
-        raise UsageError(f"{text!r} is not a duration", "write it like 24h, 30m, 7d, 90s or 1h30m")
+    """``"24h"``, ``"30m"``, ``"7d"``, ``"90s"``, ``"1h30m"`` or plain seconds → nanoseconds.
+
+    Raises ``UsageError`` for anything else: negative, not a number, or longer than a century."""
+    hint = "write it like 24h, 30m, 7d, 90s or 1h30m (at most 36500d)"
+    t = text.strip().lower() if isinstance(text, str) else ""
     unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-    return int(sum(float(n) * unit[u] for n, u in parts) * 10**9)
+    if re.fullmatch(r"\d{1,30}(\.\d{1,30})?", t):
+        parts = [(t, "s")]
+    else:
+        parts = re.findall(r"(\d{1,30}(?:\.\d{1,30})?)([smhdw])", t)
+        if not parts or "".join(n + u for n, u in parts) != t:
+            raise UsageError(f"{text[:40]!r} is not a duration", hint)
+    from decimal import Decimal
+
+    total = sum(Decimal(n) * unit[u] for n, u in parts) * 10**9
+    if total > MAX_DURATION_NS:
+        raise UsageError(f"{text[:40]!r} is longer than a century", hint)
+    return int(total)
 
 
 class GcLock:
@@ -311,6 +324,7 @@ class _Collector:
             rep.freed_bytes += self.packs[name].size
         self._repack(partial, marks)
         self._collect_orphans()
+        self._collect_temporaries()
         if not self.dry_run:
             self._drop_dead_marks()
         rep.reachable_objects = len(reach.rows)
@@ -445,6 +459,19 @@ class _Collector:
                 self.blobs.delete(pack_blob_name(name))
         if not self.dry_run and (keep or seen):
             self.blobs.put(ORPHANS_BLOB, json.dumps(keep, sort_keys=True).encode())
+
+    def _collect_temporaries(self) -> None:
+        """Delete temporaries a killed writer left in a local blob store, once older than the grace
+        period (an upload writing one right now is younger). Object stores leave none."""
+        lister = getattr(self.blobs, "list_temporaries", None)
+        if lister is None:
+            return
+        rep = self.report
+        for name in lister(self.cutoff):
+            rep.temporaries += 1
+            rep.freed_bytes += self.blobs.size(name) or 0
+            if not self.dry_run:
+                self.blobs.remove_temporary(name)  # type: ignore[attr-defined]
 
     def _drop_dead_marks(self) -> None:
         """Used marks of packs that are gone, and all but the newest mark of the others."""

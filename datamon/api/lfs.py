@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -90,20 +91,42 @@ def store_object(
         progress.finish()
         return StoredObject(oid, known[0], known[1], 0, True)
     ctx.meta.get_repo(repo)
-    with open(path, "rb") as f:
+    with _open_regular(path, oid) as f:
         actual = os.fstat(f.fileno()).st_size
         if size is not None and actual != size:
             raise ContentMismatch(
-                f"object {oid}: {os.fspath(path)} has {actual} bytes, the request says {size}",
+                f"object {oid}: {os.fsdecode(path)} has {actual} bytes, the request says {size}",
                 "the local LFS object is damaged: check it with `git lfs fsck`",
             )
         progress.start(1, actual)
         with ctx.cas.writing(concurrency=os.cpu_count() or 2) as ing:
-            key, nbytes, new = _ingest_verified(ing, f, oid, progress, os.fspath(path))
+            key, nbytes, new = _ingest_verified(ing, f, oid, progress, os.fsdecode(path), actual)
     ctx.meta.put_lfs_object(repo, oid, key.hex(), nbytes)
     progress.advance(1, 0)
     progress.finish()
     return StoredObject(oid, key.hex(), nbytes, new, False)
+
+
+def _open_regular(path: str | os.PathLike[str], oid: str) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file; else ``ContentMismatch``.
+
+    Opened non-blocking and checked on the open descriptor, so a FIFO (which would block the
+    open until a writer came) or a device such as /dev/zero (endless) is refused, never read."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ContentMismatch(
+                f"object {oid}: {os.fsdecode(path)} is not a regular file",
+                "git-lfs should hand the agent a file: check the path, or `git lfs fsck`",
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class _Sha256Reader:
@@ -113,8 +136,11 @@ class _Sha256Reader:
     overlaps chunking and BLAKE3 instead of adding to them.
     """
 
-    def __init__(self, f: BinaryIO, progress: Progress) -> None:
+    def __init__(self, f: BinaryIO, progress: Progress, limit: int | None = None) -> None:
         self._f = f
+        # Never read more than ``limit`` bytes: one more than the file should have is enough to
+        # tell that it grew (or was a file that reports size 0 but streams, as in /proc).
+        self._limit = limit
         self._progress = progress
         self._sha = hashlib.sha256()
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datamon-sha256")
@@ -122,6 +148,11 @@ class _Sha256Reader:
         self.count = 0
 
     def read(self, n: int = -1) -> bytes:
+        if self._limit is not None:
+            left = self._limit - self.count
+            if left <= 0:
+                return b""
+            n = left if n is None or n < 0 else min(n, left)
         data = self._f.read(n)
         self._last = self._hasher.submit(self._sha.update, data)
         self.count += len(data)
@@ -138,7 +169,7 @@ class _Sha256Reader:
 
 
 def _ingest_verified(
-    ing: Ingester, f: BinaryIO, oid: str, progress: Progress, name: str
+    ing: Ingester, f: BinaryIO, oid: str, progress: Progress, name: str, expected: int | None = None
 ) -> tuple[bytes, int, int]:
     """Chunk, deduplicate and store ``f`` while computing its SHA-256; (file key, size, new bytes).
 
@@ -146,15 +177,23 @@ def _ingest_verified(
     the bytes). The file map, which is what makes a multi-chunk file addressable, is only
     written once the SHA-256 matched.
     """
-    reader = _Sha256Reader(f, progress)
+    reader = _Sha256Reader(f, progress, None if expected is None else expected + 1)
     try:
-        return _ingest_hashing(ing, reader, oid, name)
+        return _ingest_hashing(ing, reader, oid, name, expected)
     finally:
         reader.close()
 
 
-def _ingest_hashing(ing: Ingester, reader: _Sha256Reader, oid: str, name: str) -> tuple[bytes, int, int]:
+def _ingest_hashing(
+    ing: Ingester, reader: _Sha256Reader, oid: str, name: str, expected: int | None = None
+) -> tuple[bytes, int, int]:
     def check() -> None:
+        if expected is not None and reader.count != expected:
+            raise ContentMismatch(
+                f"object {oid}: {name} changed size while it was read ({reader.count} bytes "
+                f"{'or more ' if reader.count > expected else ''}instead of {expected}); nothing was stored",
+                "make sure nothing writes the file while git-lfs pushes it, then push again",
+            )
         got = reader.hexdigest()
         if got != oid:
             raise ContentMismatch(

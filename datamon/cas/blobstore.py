@@ -23,14 +23,23 @@ storage libraries' usual environment variables and files; datamon never stores t
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import os
 import posixpath
+import stat
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl
 
 from datamon.errors import NotFound, StoreUnavailable, UsageError
+
+TMP_PREFIX = ".tmp-"
+# Modes of what a file:// store creates, before the umask: never group- or world-writable, even
+# under umask 000 (blobs are immutable; only their writer's rename and gc's unlink touch them).
+FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 # gcsfs reads this when it is imported: with its default ("true") every bucket operation first
 # waits up to 60 s on a gRPC call that plain GCS endpoints and emulators never answer.
@@ -77,29 +86,11 @@ def _scheme(url: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """``url`` fit for messages and logs: no user:password, no GCS token file or value."""
+    """``url`` fit for messages and logs: no password, token, signature or other secret
+    (``datamon.config.redact_url``, the one masking function)."""
+    from datamon.config import redact_url as redact
 
-    def strip_userinfo(u: str) -> str:
-        parts = urlsplit(u)
-        if "@" not in parts.netloc:
-            return u
-        host = parts.netloc.rsplit("@", 1)[1]
-        return urlunsplit(parts._replace(netloc=f"***@{host}"))
-
-    if _scheme(url) not in _QUERY_OPTIONS:
-        return strip_userinfo(url)
-    base, _, query = url.partition("?")
-    base = strip_userinfo(base)
-    if not query:
-        return base
-    shown = []
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key == "endpoint_url":
-            value = strip_userinfo(value)
-        elif key not in ("region", "addressing_style", "path_style", "anon", "project") and value != "anon":
-            value = "***"
-        shown.append(f"{key}={value}")
-    return f"{base}?{'&'.join(shown)}"
+    return redact(url)
 
 
 def _split_query(url: str) -> tuple[str, dict[str, str]]:
@@ -253,7 +244,13 @@ class FsspecBlobStore:
         self.bucket = self.root.split("/", 1)[0] if self._remote else ""
         self._bucket_ok = False
         if self._local:
-            os.makedirs(self.root, exist_ok=True)
+            try:
+                _makedirs(self.root)
+            except OSError as e:
+                raise StoreUnavailable(
+                    f"cannot create blob store {self.display_url}: {e.strerror or e}",
+                    "fix the blob URL of the context (`datamon context get`) or the directory's permissions",
+                ) from None
 
     def _path(self, name: str) -> str:
         if name.startswith("/") or ".." in name.split("/"):
@@ -308,11 +305,17 @@ class FsspecBlobStore:
         path = self._path(name)
         if self._local:
             parent = os.path.dirname(path)
-            os.makedirs(parent, exist_ok=True)
-            tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex}")
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            _makedirs(parent)
+            tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
             return
         parent = posixpath.dirname(path)
         if self.protocol == "memory" and parent:
@@ -404,9 +407,36 @@ class FsspecBlobStore:
             # a folder prefix: "packs/a" must not list "packs/ab/…"
             if not rel.startswith(want):
                 continue
-            if rel.rsplit("/", 1)[-1].startswith(".tmp-"):
+            if rel.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
                 continue
             yield rel
+
+    def list_temporaries(self, older_than_ns: int) -> builtins.list[str]:
+        """Leftover temporaries of a local store (a writer killed between write and rename) last
+        modified before ``older_than_ns`` (epoch ns), as names for ``remove_temporary``. Object
+        stores write atomically and never leave any: empty for them."""
+        if not self._local:
+            return []
+        out = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            for f in files:
+                if not f.startswith(TMP_PREFIX):
+                    continue
+                full = os.path.join(dirpath, f)
+                try:
+                    st = os.lstat(full)
+                except FileNotFoundError:
+                    continue
+                if st.st_mtime_ns < older_than_ns:
+                    out.append(os.path.relpath(full, self.root).replace(os.sep, "/"))
+        return sorted(out)
+
+    def remove_temporary(self, name: str) -> None:
+        """Remove one name ``list_temporaries`` returned (only temporaries: anything else is refused)."""
+        if not self._local or not name.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
+            raise ValueError(f"{name!r} is not a temporary of this store")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(name))
 
     def delete(self, name: str) -> None:
         path = self._path(name)
@@ -424,6 +454,25 @@ class FsspecBlobStore:
             if (err := self._unavailable(e)) is not None:
                 raise err from e
             raise
+
+
+def _makedirs(path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)`` with every created directory at most ``DIR_MODE``
+    (``os.makedirs`` gives intermediate directories ``0777 & ~umask``)."""
+    missing = []
+    p = os.path.abspath(path)
+    while not os.path.isdir(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(d, stat.S_IMODE(os.stat(d).st_mode) & DIR_MODE)
 
 
 def open_blobstore(

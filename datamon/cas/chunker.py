@@ -18,6 +18,26 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
+def _bounds() -> dict[str, tuple[int, int]]:
+    """FastCDC's accepted sizes: from its pure-Python class (the compiled one does not expose them),
+    else the values pyfastcdc 1.x documents."""
+    try:
+        from pyfastcdc.py.fastcdc import FastCDC as PyFastCDC
+
+        return {
+            k: (
+                int(getattr(PyFastCDC, f"{k}_SIZE_LOWER_BOUND")),
+                int(getattr(PyFastCDC, f"{k}_SIZE_UPPER_BOUND")),
+            )
+            for k in ("MIN", "AVG", "MAX")
+        }
+    except (ImportError, AttributeError):  # pragma: no cover - other pyfastcdc layouts
+        return {"MIN": (64, 1 * MiB), "AVG": (256, 4 * MiB), "MAX": (1024, 16 * MiB)}
+
+
+_BOUNDS = _bounds()
+
+
 @dataclass(frozen=True)
 class ChunkerParams:
     min_size: int = 256 * KiB
@@ -29,7 +49,34 @@ class ChunkerParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> ChunkerParams:
-        return cls(int(d["min_size"]), int(d["avg_size"]), int(d["max_size"]))
+        """Parameters read from a store's settings; ``ValueError`` unless they are whole numbers
+        that FastCDC accepts (its own bounds, and ``min_size <= avg_size <= max_size``)."""
+        if not isinstance(d, dict):
+            raise ValueError("the chunker settings are not an object")
+        values = []
+        for key in ("min_size", "avg_size", "max_size"):
+            v = d.get(key)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"chunker {key} is {str(v)[:40]!r}, not a whole number")
+            values.append(v)
+        params = cls(*values)
+        params.validate()
+        return params
+
+    def validate(self) -> None:
+        """``ValueError`` unless FastCDC accepts these sizes (its bounds are read from it)."""
+        for key, value, lo, hi in (
+            ("min_size", self.min_size, *_BOUNDS["MIN"]),
+            ("avg_size", self.avg_size, *_BOUNDS["AVG"]),
+            ("max_size", self.max_size, *_BOUNDS["MAX"]),
+        ):
+            if not lo <= value <= hi:
+                raise ValueError(f"chunker {key} {value} is outside [{lo}, {hi}]")
+        if not self.min_size <= self.avg_size <= self.max_size:
+            raise ValueError(
+                f"chunker sizes must satisfy min <= avg <= max, not {self.min_size}, "
+                f"{self.avg_size}, {self.max_size}"
+            )
 
 
 class Chunker:

@@ -38,11 +38,16 @@ def load_or_create(blobs: BlobStore, default: ChunkerParams | None = None) -> St
         raw = blobs.get(CONFIG_NAME)
     try:
         d = json.loads(raw)
-        fmt = int(d["format"])
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        fmt = d["format"]
+        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+            raise ValueError(f"format {str(fmt)[:20]!r} is not a version number")
         params = ChunkerParams.from_dict(d["chunker"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError, OverflowError) as e:
+        detail = f"missing {e}" if isinstance(e, KeyError) else str(e)[:200]
         raise StoreUnavailable(
-            f"{CONFIG_NAME} in {where} is unreadable ({e})", "restore it from a backup of the store"
+            f"{CONFIG_NAME} in {where} is unreadable ({detail})", "restore it from a backup of the store"
         ) from None
     if fmt > FORMAT_VERSION:
         raise StoreUnavailable(

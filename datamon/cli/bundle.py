@@ -7,14 +7,19 @@ import sys
 import click
 
 from datamon.cli.common import (
+    LABEL,
+    MESSAGE,
+    BundleId,
+    Regex,
     bundle_ref_options,
     concurrency_option,
     context_option,
     open_context,
     repo_option,
+    set_resume_hint,
     stderr,
 )
-from datamon.cli.render import RichProgress, bundle_row, emit, human_size, output_options
+from datamon.cli.render import RichProgress, bundle_row, bundle_rows, emit, human_size, output_options
 
 
 @click.group()
@@ -30,8 +35,8 @@ def _bundle_text(row: dict[str, object]) -> str:
 @bundle.command("upload")
 @repo_option()
 @click.option("--path", required=True, type=click.Path(), help="Directory to upload.")
-@click.option("--message", required=True, help="What this bundle is.")
-@click.option("--label", help="Point this label at the new bundle.")
+@click.option("--message", required=True, type=MESSAGE, help="What this bundle is.")
+@click.option("--label", type=LABEL, help="Point this label at the new bundle.")
 @click.option(
     "--files",
     "files_list",
@@ -42,7 +47,12 @@ def _bundle_text(row: dict[str, object]) -> str:
     "--skip-on-error", is_flag=True, help="Skip unreadable files and report them instead of failing."
 )
 @click.option(
-    "--parent", "parents", multiple=True, metavar="ID", help="Parent bundle(s) (default: the latest)."
+    "--parent",
+    "parents",
+    multiple=True,
+    metavar="ID",
+    type=BundleId(),
+    help="Parent bundle(s) (default: the latest).",
 )
 @concurrency_option
 @output_options
@@ -105,7 +115,7 @@ def bundle_upload(
 @repo_option(required=False)
 @bundle_ref_options
 @click.option("--destination", type=click.Path(), help="Directory to write into (must be empty).")
-@click.option("--name-filter", metavar="REGEX", help="Only paths matching this regular expression.")
+@click.option("--name-filter", type=Regex(), help="Only paths matching this regular expression.")
 @click.option(
     "--force-dest", is_flag=True, help="Allow a non-empty destination; files in the way are replaced."
 )
@@ -133,14 +143,22 @@ def bundle_download(
         return
     if not repo or not destination:
         raise click.UsageError("--repo and --destination are required")
+    import shlex
+
+    from datamon.api.bundles import resolve
     from datamon.api.download import download
 
+    dm = open_context()
+    b = resolve(dm, repo, bundle=bundle, label=label)
+    set_resume_hint(
+        "what is already downloaded is kept; finish with `datamon bundle update "
+        f"--repo {shlex.quote(repo)} --bundle {b.id} --destination {shlex.quote(destination)}`"
+    )
     r = download(
-        open_context(),
+        dm,
         repo,
         destination,
-        bundle=bundle,
-        label=label,
+        bundle=b.id,
         name_filter=name_filter,
         force_dest=force_dest,
         concurrency=concurrency,
@@ -191,14 +209,14 @@ def bundle_list(ctx: click.Context, repo: str | None, as_json: bool, fmt: str | 
         raise click.UsageError("--repo is required")
     dm = open_context()
     labels = dm.meta.labels_by_bundle(repo)
-    rows = (bundle_row(b, labels.get(b.id, [])) for b in dm.meta.list_bundles(repo))
-    emit(rows, as_json=as_json, fmt=fmt, text=_bundle_text)
+    # Bundles whose record fails its check are left out; the command then exits 4 naming them.
+    emit(bundle_rows(dm.meta.list_bundles(repo), labels), as_json=as_json, fmt=fmt, text=_bundle_text)
 
 
 @bundle_list.command("files")
 @repo_option()
 @bundle_ref_options
-@click.option("--name-filter", metavar="REGEX", help="Only paths matching this regular expression.")
+@click.option("--name-filter", type=Regex(), help="Only paths matching this regular expression.")
 @output_options
 @context_option
 def bundle_list_files(
@@ -295,35 +313,85 @@ def bundle_diff(
             raise click.UsageError("give either A..B or --destination, not both")
         changes = d.diff_destination(dm, repo, destination, bundle=bundle, label=label)
     else:
-        if not range_ or ".." not in range_:
-            raise click.UsageError("give a range A..B of two bundles, or --destination DIR")
-        a, _, b = range_.partition("..")
+        a, b = _range(range_)
         changes = d.diff_bundles(dm, repo, a, b)
     emit((c.as_dict() for c in changes), as_json=as_json, fmt=fmt, text=lambda r: f"{r['op']} {r['path']}")
+
+
+def _range(range_: str | None) -> tuple[str, str]:
+    """The two sides of ``A..B``, each an id, id prefix or label; both must be given."""
+    from datamon.errors import UsageError
+    from datamon.names import is_valid
+
+    if not range_ or ".." not in range_:
+        raise UsageError(
+            "give a range A..B of two bundles, or --destination DIR",
+            "e.g. `datamon bundle diff --repo R 3fa2c1..prod`",
+        )
+    a, _, b = range_.partition("..")
+    a, b = a.strip(), b.strip()
+    if not a or not b:
+        raise UsageError(
+            f"the range {range_!r} lacks {'both sides' if not a and not b else 'a side'}",
+            "give both bundles: A..B, each a bundle id, an id prefix (6+ hex) or a label",
+        )
+    for side in (a, b):
+        hexy = len(side) >= 6 and all(c in "0123456789abcdefABCDEF" for c in side)
+        if not hexy and not is_valid(side):
+            raise UsageError(
+                f"{side!r} in the range {range_!r} is neither a bundle id nor a label name",
+                "give A..B, each a bundle id, an id prefix (6+ hex) or a label",
+            )
+    return a, b
 
 
 @bundle.command("update")
 @repo_option()
 @bundle_ref_options
 @click.option("--destination", required=True, type=click.Path(), help="Directory of an earlier download.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also update a directory datamon did not create (files not in the bundle are deleted).",
+)
 @context_option
-def bundle_update(repo: str, bundle: str | None, label: str | None, destination: str) -> None:
+def bundle_update(repo: str, bundle: str | None, label: str | None, destination: str, force: bool) -> None:
     """Make a directory equal to a bundle, transferring only what differs.
+
+    It also finishes an interrupted download. It refuses a directory that is not a datamon
+    download unless --force is given.
 
     \b
     Example:
       datamon bundle update --repo mnist --label prod --destination ./mnist
     """
+    import inspect
+
     from datamon.api.diff import update
 
-    r = update(open_context(), repo, destination, bundle=bundle, label=label, progress=RichProgress("update"))
+    kw: dict[str, object] = {}
+    if force:
+        if "force" not in inspect.signature(update).parameters:
+            from datamon.errors import UsageError
+
+            raise UsageError("--force is not supported by this version of datamon")
+        kw["force"] = True
+    r = update(
+        open_context(),
+        repo,
+        destination,
+        bundle=bundle,
+        label=label,
+        progress=RichProgress("update"),
+        **kw,  # type: ignore[arg-type]
+    )
     counts = {op: sum(1 for c in r.changes if c.op == op) for op in "AUD"}
     stderr(f"updated {destination}: {counts['A']} added, {counts['U']} updated, {counts['D']} deleted")
 
 
 @bundle.command("delete")
 @repo_option()
-@click.option("--bundle", required=True, metavar="ID", help="Bundle id or unique prefix.")
+@click.option("--bundle", required=True, metavar="ID", type=BundleId(), help="Bundle id or unique prefix.")
 @click.option("--force-yes", is_flag=True, help="Do not ask for confirmation.")
 @context_option
 def bundle_delete(repo: str, bundle: str, force_yes: bool) -> None:
@@ -334,6 +402,7 @@ def bundle_delete(repo: str, bundle: str, force_yes: bool) -> None:
       datamon bundle delete --repo mnist --bundle 3fa2c1 --force-yes
     """
     from datamon.api.bundles import resolve
+    from datamon.cli.common import safe
     from datamon.errors import UsageError
 
     dm = open_context()
@@ -343,6 +412,6 @@ def bundle_delete(repo: str, bundle: str, force_yes: bool) -> None:
             raise UsageError(
                 f"refusing to delete bundle {b.id[:12]} without confirmation", "pass --force-yes"
             )
-        click.confirm(f"Delete bundle {b.id[:12]} ({b.message!r})?", abort=True, err=True)
+        click.confirm(f"Delete bundle {b.id[:12]} ({safe(repr(b.message))})?", abort=True, err=True)
     dm.meta.delete_bundle(repo, b.id)
     stderr(f"deleted bundle {b.id}; run `datamon gc` to free its space")

@@ -58,22 +58,139 @@ def concurrency_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+class Name(click.ParamType):
+    """A repo or label name. ``strict``: must follow the naming rule (``datamon.names``), for names
+    being created or labels being resolved; otherwise only an existing name's minimum (not empty,
+    no NUL, valid UTF-8), so that names stored by older versions can still be listed and deleted."""
+
+    def __init__(self, kind: str, *, strict: bool) -> None:
+        self.kind = kind
+        self.strict = strict
+        self.name = kind.upper()
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from datamon.names import check_lookup, check_name
+
+        text = str(value)
+        return check_name(self.kind, text) if self.strict else check_lookup(self.kind, text)
+
+
+class Text(click.ParamType):
+    """Free text that is stored (a message, a description): valid UTF-8, no NUL."""
+
+    name = "TEXT"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from datamon.names import check_text
+
+        return check_text(self.what, str(value))
+
+
+class BundleId(click.ParamType):
+    """A bundle id or prefix: checked to be hex here, so a typo never reaches a query."""
+
+    name = "ID"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from datamon.errors import UsageError
+
+        text = str(value).strip()
+        if not text or any(c not in "0123456789abcdefABCDEF" for c in text):
+            raise UsageError(
+                f"{safe(repr(str(value)[:80]))} is not a bundle id",
+                "bundle ids are hex (6 or more characters); see `datamon bundle list`",
+            )
+        return text.lower()
+
+
+class Regex(click.ParamType):
+    """A regular expression (``--name-filter``): compiled here, so a bad one is one line, exit 1."""
+
+    name = "REGEX"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        import re
+
+        from datamon.errors import UsageError
+
+        text = str(value)
+        try:
+            re.compile(text)
+        except (re.error, RecursionError, OverflowError, MemoryError) as e:
+            raise UsageError(
+                f"--name-filter {safe(repr(text[:80]))} is not a regular expression: {e}",
+                "write a Python regular expression, e.g. '\\.csv$' (escape '(' as '\\(')",
+            ) from None
+        return text
+
+
+LABEL = Name("label", strict=True)
+LABEL_LOOKUP = Name("label", strict=False)
+REPO = Name("repo", strict=False)
+NEW_REPO = Name("repo", strict=True)
+MESSAGE = Text("message")
+
+
 def bundle_ref_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--label", metavar="LABEL", help="Use the bundle this label points at.")(f)
-    f = click.option("--bundle", metavar="ID", help="Bundle id or unique prefix (6+ hex chars).")(f)
+    f = click.option("--label", metavar="LABEL", type=LABEL, help="Use the bundle this label points at.")(f)
+    f = click.option(
+        "--bundle", metavar="ID", type=BundleId(), help="Bundle id or unique prefix (6+ hex chars)."
+    )(f)
     return f
 
 
-def repo_option(required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return click.option("--repo", metavar="REPO", required=required, help="Repo name.")
+def repo_option(
+    required: bool = True, *, create: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--repo", metavar="REPO", type=NEW_REPO if create else REPO, required=required, help="Repo name."
+    )
+
+
+def safe(text: object) -> str:
+    """What the terminal may see of ``text``: secrets masked, control characters escaped."""
+    from datamon.cli.render import safe as escape
+    from datamon.config import redact_text
+
+    return escape(redact_text(str(text)))
 
 
 def stderr(msg: str) -> None:
-    click.echo(msg, err=True)
+    """One line on stderr (names and paths in it are escaped, secrets masked)."""
+    click.echo(safe(msg), err=True)
+
+
+def _interrupted() -> None:
+    ctx = click.get_current_context(silent=True)
+    hint = "nothing already stored is lost; rerun the command to finish"
+    obj = (ctx.find_root().obj if ctx is not None else None) or {}
+    resume = obj.get("resume_hint") if isinstance(obj, dict) else None
+    stderr(f"interrupted: {resume or hint}")
+
+
+def set_resume_hint(hint: str) -> None:
+    """What to tell the user if this command is interrupted (Ctrl-C)."""
+    root = click.get_current_context().find_root()
+    root.ensure_object(dict)
+    root.obj["resume_hint"] = hint
+
+
+def _usage_line(e: click.ClickException) -> str:
+    msg = e.format_message()
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        return f"error: {msg}; see `{ctx.command_path} --help`"
+    return f"error: {msg}"
 
 
 def run(cli: click.Group, argv: list[str] | None) -> int:
-    """Invoke ``cli`` and map errors to exit codes: 0 ok, 1 error, 2 not found, 3 conflict, 4 integrity."""
+    """Invoke ``cli`` and map errors to exit codes: 0 ok, 1 error, 2 not found, 3 conflict, 4 integrity.
+
+    Every error a user or a store can cause is one line on stderr. Anything else is a bug: its
+    traceback is printed with secrets masked, and the exit code is 1."""
     from datamon.errors import DatamonError
 
     try:
@@ -83,16 +200,27 @@ def run(cli: click.Group, argv: list[str] | None) -> int:
         sys.exit(e.exit_code)
     except click.exceptions.Abort as e:
         if isinstance(e.__context__, KeyboardInterrupt):
-            stderr("interrupted: nothing already stored is lost; rerun the command to finish")
+            _interrupted()
             sys.exit(130)
         stderr("aborted")
         sys.exit(1)
     except click.ClickException as e:
-        e.show()
+        stderr(_usage_line(e))
         sys.exit(1)
     except KeyboardInterrupt:
-        stderr("interrupted: nothing already stored is lost; rerun the command to finish")
+        _interrupted()
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except RecursionError as e:  # a pathologically deep input; not worth a traceback
+        stderr(f"error: input nested too deeply ({e})")
+        sys.exit(1)
+    except Exception:
+        import traceback
+
+        from datamon.config import redact_text
+
+        sys.stderr.write(redact_text(traceback.format_exc()))
+        stderr("error: this is a bug in datamon; please report it with the traceback above")
+        sys.exit(1)
     return rv if isinstance(rv, int) else 0

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
-from datamon.cli.common import bundle_ref_options, context_option, open_context, repo_option, stderr
+from datamon.cli.common import bundle_ref_options, context_option, open_context, repo_option, safe, stderr
 from datamon.cli.render import human_size
 
 
 def _json_line(obj: dict[str, object]) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    from datamon.cli.render import json_line
+
+    sys.stdout.write(json_line(obj) + "\n")
 
 
 @click.command("verify")
@@ -55,7 +56,9 @@ def verify_cmd(
         for a in r.affected:
             p = a.problem
             click.echo(
-                f"{a.repo}\t{a.bundle[:12]}\t{a.path or '(record)'}\t{p.kind}: object {p.key} {p.detail}"
+                safe(
+                    f"{a.repo}\t{a.bundle[:12]}\t{a.path or '(record)'}\t{p.kind}: object {p.key} {p.detail}"
+                )
             )
     stderr(
         f"verified {r.bundles} bundles ({'full' if full else 'fast'}): {r.objects} objects, "

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from datamon.cli.common import context_option, open_context, repo_option, stderr
+from datamon.cli.common import (
+    LABEL,
+    LABEL_LOOKUP,
+    BundleId,
+    context_option,
+    open_context,
+    repo_option,
+    stderr,
+)
 from datamon.cli.render import emit, iso, label_row, output_options
 
 
@@ -19,8 +27,10 @@ def label() -> None:
 
 @label.command("set")
 @repo_option()
-@click.option("--label", "name", required=True, help="Label name.")
-@click.option("--bundle", metavar="ID", help="Bundle id or prefix (default: the latest bundle).")
+@click.option("--label", "name", required=True, type=LABEL, help="Label name.")
+@click.option(
+    "--bundle", metavar="ID", type=BundleId(), help="Bundle id or prefix (default: the latest bundle)."
+)
 @click.option(
     "--expected",
     metavar="ID",
@@ -44,7 +54,7 @@ def label_set(
     target = resolve(dm, repo, bundle=bundle).id
     kw: dict[str, object] = {}
     if expected is not None:
-        kw["expected"] = None if expected.lower() in ("none", "") else expected
+        kw["expected"] = None if expected.strip().lower() in ("none", "") else expected
     lab = set_label(dm, repo, name, target, **kw)
     if as_json or fmt:
         emit([label_row(lab)], as_json=as_json, fmt=fmt, text=_text)
@@ -53,7 +63,7 @@ def label_set(
 
 @label.command("get")
 @repo_option()
-@click.option("--label", "name", required=True, help="Label name.")
+@click.option("--label", "name", required=True, type=LABEL, help="Label name.")
 @output_options
 @context_option
 def label_get(repo: str, name: str, as_json: bool, fmt: str | None) -> None:
@@ -84,9 +94,27 @@ def label_list(repo: str, as_json: bool, fmt: str | None) -> None:
     emit((label_row(lab) for lab in labels), as_json=as_json, fmt=fmt, text=_text)
 
 
+@label.command("delete")
+@repo_option()
+@click.option("--label", "name", required=True, type=LABEL_LOOKUP, help="Label name.")
+@context_option
+def label_delete(repo: str, name: str) -> None:
+    """Delete a label (its history is kept); the bundle stays.
+
+    Works for any stored name, also one an older datamon accepted that is refused today.
+
+    \b
+    Example:
+      datamon label delete --repo mnist --label old
+    """
+    dm = open_context()
+    dm.meta.delete_label(repo, name, contributor=str(dm.contributor))
+    stderr(f"deleted label {name!r} of repo {repo!r}")
+
+
 @label.command("history")
 @repo_option()
-@click.option("--label", "name", help="Only this label.")
+@click.option("--label", "name", type=LABEL_LOOKUP, help="Only this label.")
 @output_options
 @context_option
 def label_history(repo: str, name: str | None, as_json: bool, fmt: str | None) -> None:

@@ -11,6 +11,15 @@ import click
 from datamon.cli.common import context_option, open_context, repo_option, stderr
 
 
+class _SafeFormatter(logging.Formatter):
+    """Log lines (tracebacks included) with secrets masked and control characters escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from datamon.cli.common import safe
+
+        return "\n".join(safe(line) for line in super().format(record).split("\n"))
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(lfs)
 
@@ -61,14 +70,15 @@ def lfs_agent(repo: str | None, verbose: bool) -> int:
     Example (what `datamon lfs install` configures):
       git config lfs.customtransfer.datamon.args "lfs agent --repo models"
     """
-    from datamon.errors import DatamonError, NotFound
+    from datamon.config import redact_text, redact_url
+    from datamon.errors import DatamonError, NotFound, StoreUnavailable
     from datamon.lfs import protocol as P
     from datamon.lfs.agent import Agent, ApiTransfers, InitFailed
     from datamon.lfs.gitconfig import REPO_KEY, git_config_get, lfs_tmp_dir
 
     trace = os.environ.get("GIT_TRACE", "") not in ("", "0", "false")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"datamon lfs agent[{os.getpid()}]: %(levelname)s %(message)s"))
+    handler.setFormatter(_SafeFormatter(f"datamon lfs agent[{os.getpid()}]: %(levelname)s %(message)s"))
     logger = logging.getLogger("datamon.lfs")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose or trace else logging.WARNING)
@@ -97,13 +107,19 @@ def lfs_agent(repo: str | None, verbose: bool) -> int:
                 f"datamon repo {name!r} does not exist in context {ctx.name}; create it with "
                 f"`datamon lfs install --repo {name}` or `datamon repo create --repo {name}`",
             ) from None
+        except StoreUnavailable as e:
+            raise InitFailed(
+                P.UNAVAILABLE,
+                f"cannot open the store of context {ctx.name}: {e}",
+            ) from None
         except DatamonError:
             raise
         except Exception as e:
             logger.debug("opening the store failed", exc_info=True)
             raise InitFailed(
                 P.UNAVAILABLE,
-                f"cannot open the store of context {ctx.name} ({ctx.blob_url}): {type(e).__name__}: {e}; "
+                f"cannot open the store of context {ctx.name} ({redact_url(ctx.blob_url)}): "
+                f"{type(e).__name__}: {redact_text(str(e))}; "
                 "check the context with `datamon context get`",
             ) from None
         return ApiTransfers(ctx, name, lambda: str(lfs_tmp_dir()))
@@ -112,7 +128,7 @@ def lfs_agent(repo: str | None, verbose: bool) -> int:
 
 
 @lfs.command("install")
-@repo_option()
+@repo_option(create=True)
 @_scope_option
 @click.option(
     "--concurrent/--no-concurrent",

@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from datamon.cli.common import bundle_ref_options, context_option, open_context, repo_option, stderr
+from datamon.cli.common import (
+    LABEL,
+    MESSAGE,
+    BundleId,
+    bundle_ref_options,
+    context_option,
+    open_context,
+    repo_option,
+    stderr,
+)
 from datamon.fuse import DEFAULT_PREFETCH
 
 if TYPE_CHECKING:
@@ -124,10 +133,10 @@ def bundle_mount(
 @bundle_mount.command("new")
 @repo_option()
 @click.option("--mount", "mountpoint", required=True, type=click.Path(), help="Empty directory to mount on.")
-@click.option("--message", required=True, help="What the new bundle is.")
-@click.option("--from-bundle", metavar="ID", help="Start from this bundle (copy-on-write).")
-@click.option("--from-label", metavar="LABEL", help="Start from the bundle this label points at.")
-@click.option("--label", help="Point this label at the new bundle.")
+@click.option("--message", required=True, type=MESSAGE, help="What the new bundle is.")
+@click.option("--from-bundle", metavar="ID", type=BundleId(), help="Start from this bundle (copy-on-write).")
+@click.option("--from-label", metavar="LABEL", type=LABEL, help="Start from the bundle this label points at.")
+@click.option("--label", type=LABEL, help="Point this label at the new bundle.")
 @click.option("--daemonize", is_flag=True, help="Run in the background; return once mounted.")
 @click.option("--debug", is_flag=True, hidden=True, help="Log every FUSE call.")
 @context_option
@@ -160,7 +169,8 @@ def bundle_mount_new(
         raise click.UsageError("give either --from-bundle or --from-label, not both")
     dm = open_context()
     dm.meta.get_repo(repo)
-    base = resolve(dm, repo, bundle=from_bundle, label=from_label) if from_bundle or from_label else None
+    given = from_bundle is not None or from_label is not None
+    base = resolve(dm, repo, bundle=from_bundle, label=from_label) if given else None
     mnt = check_mountpoint(mountpoint)
     load_fuse()
     if daemonize:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from datamon.cli.common import context_option, open_context, repo_option, stderr
+from datamon.cli.common import Text, context_option, open_context, repo_option, stderr
 from datamon.cli.render import emit, iso, output_options
 
 
@@ -28,8 +28,8 @@ def repo() -> None:
 
 
 @repo.command("create")
-@repo_option()
-@click.option("--description", default="", help="What the repo holds.")
+@repo_option(create=True)
+@click.option("--description", default="", type=Text("description"), help="What the repo holds.")
 @context_option
 def repo_create(repo: str, description: str) -> None:
     """Create a repo.
@@ -89,6 +89,10 @@ def repo_delete(repo: str, force_yes: bool) -> None:
 
         if not sys.stdin.isatty():
             raise UsageError(f"refusing to delete repo {repo!r} without confirmation", "pass --force-yes")
-        click.confirm(f"Delete repo {repo!r} and its {r.bundle_count} bundles?", abort=True, err=True)
+        from datamon.cli.common import safe
+
+        click.confirm(
+            f"Delete repo {safe(repr(repo))} and its {r.bundle_count} bundles?", abort=True, err=True
+        )
     dm.meta.delete_repo(repo)
     stderr(f"deleted repo {repo}; run `datamon gc` to free its space")

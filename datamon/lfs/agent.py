@@ -84,7 +84,14 @@ class _LfsProgress:
 
 
 def error_of(exc: BaseException) -> tuple[int, str]:
-    """The (code, message) git-lfs shows for a failed transfer."""
+    """The (code, message) git-lfs shows for a failed transfer, with any secret in it masked."""
+    from datamon.config import redact_text
+
+    code, message = _error_of(exc)
+    return code, redact_text(message)
+
+
+def _error_of(exc: BaseException) -> tuple[int, str]:
     from datamon.api.lfs import ContentMismatch
 
     if isinstance(exc, InitFailed):

@@ -18,6 +18,7 @@ from datamon.errors import NotFound
 from datamon.meta.engine import WRITE, mask_url, open_engine, unavailable_on_error
 from datamon.meta.migrate import ensure_schema
 from datamon.meta.schema import repos
+from datamon.names import check_lookup
 
 if TYPE_CHECKING:
     from sqlalchemy.dialects.postgresql import Insert as PgInsert
@@ -96,6 +97,7 @@ class StoreBase:
 
     @staticmethod
     def _repo_id(conn: Connection, repo: str) -> int:
+        check_lookup("repo", repo)
         rid = conn.execute(select(repos.c.id).where(repos.c.name == repo)).scalar_one_or_none()
         if rid is None:
             raise NotFound(f"repo {repo!r} does not exist", "list repos with `datamon repo list`")

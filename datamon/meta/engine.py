@@ -8,7 +8,7 @@ up front and waits on the busy timeout, instead of failing with SQLITE_BUSY when
 
 from __future__ import annotations
 
-import re
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +18,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import QueuePool, StaticPool
 
-from datamon.errors import StoreUnavailable
+from datamon.config import redact_url
+from datamon.errors import IntegrityError, StoreUnavailable
 
 SUPPORTED_DIALECTS: Final = ("sqlite", "postgresql")
 # Execution options marking a connection that will write (see module docstring).
@@ -35,11 +36,8 @@ _URL_HINT: Final = "use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOS
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``; never raises."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """``url`` with every secret (password, secret-looking query parameters) masked; never raises."""
+    return redact_url(url)
 
 
 def open_engine(url: str, *, pool_size: int = 5) -> Engine:
@@ -73,7 +71,9 @@ def open_engine(url: str, *, pool_size: int = 5) -> Engine:
     except (exc.ArgumentError, exc.NoSuchModuleError) as e:
         raise StoreUnavailable(f"metadata database URL {shown!r} is not usable: {e}", _URL_HINT) from e
     except OSError as e:
-        raise StoreUnavailable(f"cannot create the metadata database {shown}: {e}", _HINT) from e
+        raise StoreUnavailable(
+            f"cannot create the metadata database {shown}: {e.strerror or e}", _HINT
+        ) from e
 
 
 def _sqlite_engine(url: URL, pool_size: int) -> Engine:
@@ -84,7 +84,7 @@ def _sqlite_engine(url: URL, pool_size: int) -> Engine:
         engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
     else:
         if not database.startswith("file:"):
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(database))
         engine = create_engine(
             url,
             poolclass=QueuePool,
@@ -112,11 +112,65 @@ def _sqlite_engine(url: URL, pool_size: int) -> Engine:
     return engine
 
 
+DB_MODE: Final = 0o600
+DIR_MODE: Final = 0o700
+
+
+def _create_private(path: Path) -> None:
+    """Create a new SQLite file empty with mode 0600, and missing parent directories 0700, whatever
+    the umask (SQLite would create it ``0644 & ~umask``: world-writable under umask 000). Its WAL
+    and shared-memory files take the database file's mode. An existing file is left alone."""
+    missing = []
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, DIR_MODE)
+            os.chmod(d, DIR_MODE)
+        except FileExistsError:
+            pass
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), DB_MODE)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, DB_MODE)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def unavailable_on_error(url: str) -> Iterator[None]:
     """Turn a lost or refused database connection into ``StoreUnavailable`` naming ``url``."""
     try:
         yield
-    except (exc.OperationalError, exc.InterfaceError) as e:
-        detail = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
-        raise StoreUnavailable(f"metadata database {url} is unavailable: {detail}", _HINT) from e
+    except exc.DBAPIError as e:
+        raise translate(e, url) from e
+
+
+# What SQLite says about a file that is not (or no longer) a whole database.
+_DAMAGED = ("file is not a database", "database disk image is malformed", "malformed database schema")
+
+
+def translate(e: exc.DBAPIError, url: str) -> Exception:
+    """The ``DatamonError`` for a driver error met while using the database at ``url`` (masked):
+    ``IntegrityError`` for a damaged SQLite file, ``StoreUnavailable`` for a lost or refused
+    connection; other errors (a datamon bug, such as a constraint violation) are returned as they are."""
+    detail = (
+        str(e.orig).strip().splitlines()[0]
+        if e.orig is not None and str(e.orig).strip()
+        else type(e).__name__
+    )
+    detail = redact_url(detail)
+    if any(d in detail for d in _DAMAGED):
+        return IntegrityError(
+            f"metadata database {url} is damaged: {detail}",
+            "restore it from a backup (then `datamon admin reindex`), or move it away to start afresh",
+        )
+    if isinstance(e, exc.OperationalError | exc.InterfaceError) or (
+        isinstance(e, exc.DatabaseError) and not isinstance(e, exc.IntegrityError | exc.ProgrammingError)
+    ):
+        return StoreUnavailable(f"metadata database {url} is unavailable: {detail}", _HINT)
+    return e

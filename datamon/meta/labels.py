@@ -11,6 +11,7 @@ from datamon.errors import Conflict, LabelMoved, NotFound
 from datamon.meta.base import StoreBase
 from datamon.meta.records import LabelEvent, LabelRecord
 from datamon.meta.schema import bundles, label_history, labels, repos
+from datamon.names import check_lookup, check_name
 
 ANY: Final = object()
 """``set_label(expected=ANY)``: move the label whatever it points at now."""
@@ -29,7 +30,9 @@ class LabelsMixin(StoreBase):
         )
 
     def get_label(self, repo: str, name: str) -> LabelRecord:
-        """The label ``name`` of ``repo``. Raises ``NotFound`` (repo or label)."""
+        """The label ``name`` of ``repo``. Raises ``NotFound`` (repo or label), ``UsageError`` for a
+        name no label may have (an empty name never means anything else)."""
+        check_name("label", name)
         with self._read() as conn:
             row = conn.execute(
                 select(labels.c.bundle_id, labels.c.updated_ns, labels.c.contributor)
@@ -69,6 +72,7 @@ class LabelsMixin(StoreBase):
         exactly one wins. Raises ``LabelMoved`` (carrying the current value) when the expectation does
         not hold, ``NotFound`` if the repo, or the bundle in that repo, does not exist.
         """
+        check_name("label", name)
         if expected is not ANY and expected is not None and not isinstance(expected, str):
             raise TypeError(f"expected must be ANY, None or a bundle id, not {expected!r}")
         conditional = expected is not ANY
@@ -131,7 +135,10 @@ class LabelsMixin(StoreBase):
         return None if found is None else str(found)
 
     def delete_label(self, repo: str, name: str, *, contributor: str = "") -> None:
-        """Delete a label, recording a history event with no new bundle. Raises ``NotFound``."""
+        """Delete a label, recording a history event with no new bundle. Raises ``NotFound``.
+
+        Any stored name can be deleted, even one that the naming rule refuses today."""
+        check_lookup("label", name)
         with self._write() as conn:
             rid = self._repo_id(conn, repo)
             current = self._label_target(conn, rid, name, lock=True)
@@ -164,6 +171,7 @@ class LabelsMixin(StoreBase):
                 label_history.c.contributor,
             ).where(label_history.c.repo_id == rid)
             if name is not None:
+                check_lookup("label", name)
                 stmt = stmt.where(label_history.c.name == name)
             # The autoincrement id is commit order, which wall clocks on several hosts are not.
             rows = conn.execute(stmt.order_by(label_history.c.id.desc())).all()

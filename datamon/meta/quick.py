@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from datamon.meta.records import BundleRecord, IndexRow, LabelRecord
 from datamon.meta.revision import HEAD_REVISION
+from datamon.names import check_lookup, check_name
 
 if TYPE_CHECKING:
     from datamon.meta.store import MetadataStore
@@ -80,7 +81,7 @@ class QuickMeta:
         try:
             with self._lock:
                 return self._db.execute(sql, args).fetchall()
-        except sqlite3.Error:
+        except (sqlite3.Error, UnicodeError, OverflowError):
             return None
 
     def _bundle(self, rows: list[Any] | None) -> BundleRecord | None:
@@ -97,6 +98,8 @@ class QuickMeta:
         )
 
     def get_label(self, repo: str, name: str) -> LabelRecord:
+        check_lookup("repo", repo)
+        check_name("label", name)
         rows = self._rows(
             "SELECT l.bundle_id, l.updated_ns, l.contributor FROM labels l JOIN repos r ON l.repo_id = r.id"
             " WHERE r.name = ? AND l.name = ?",
@@ -107,10 +110,12 @@ class QuickMeta:
         return self.full.get_label(repo, name)
 
     def get_bundle(self, repo: str, bundle_id: str) -> BundleRecord:
+        check_lookup("repo", repo)
         found = self._bundle(self._rows(_BUNDLE + " AND b.id = ?", (repo, bundle_id)))
         return found if found is not None else self.full.get_bundle(repo, bundle_id)
 
     def resolve_bundle(self, repo: str, prefix: str) -> BundleRecord:
+        check_lookup("repo", repo)
         p = prefix.strip().lower()
         if 6 <= len(p) <= 64 and all(c in "0123456789abcdef" for c in p):
             rows = self._rows(
@@ -123,10 +128,12 @@ class QuickMeta:
         return self.full.resolve_bundle(repo, prefix)
 
     def latest_bundle(self, repo: str) -> BundleRecord | None:
+        check_lookup("repo", repo)
         found = self._bundle(self._rows(_BUNDLE + " ORDER BY b.created_ns DESC, b.id LIMIT 1", (repo,)))
         return found if found is not None else self.full.latest_bundle(repo)
 
     def labels_by_bundle(self, repo: str) -> dict[str, list[str]]:
+        check_lookup("repo", repo)
         rows = self._rows(
             "SELECT l.bundle_id, l.name FROM labels l JOIN repos r ON l.repo_id = r.id WHERE r.name = ?"
             " ORDER BY l.name",

@@ -62,3 +62,129 @@ class PackRecord:
 IndexRow = tuple[bytes, str, int, int, int, int, int]
 # What ``add_pack`` receives per object: the same minus the pack name.
 PackEntry = tuple[bytes, int, int, int, int, int]
+
+
+# --- the canonical bundle record (docs/format.md), decoded for display -------------------------
+
+RECORD_VERSION = 1
+MAX_RECORD_BYTES = 16 << 20
+_RECORD_KEYS = frozenset(
+    {"contributor", "files", "message", "parents", "repo", "size", "time_ns", "tree", "version"}
+)
+_HEX64 = frozenset("0123456789abcdef")
+_INT64 = 1 << 63
+
+
+@dataclass(frozen=True)
+class RecordFields:
+    """What a bundle record says, after checking it is a canonical version-1 record."""
+
+    repo: str
+    tree: str
+    parents: tuple[str, ...]
+    message: str
+    contributor_name: str
+    contributor_email: str
+    time_ns: int
+    file_count: int
+    total_size: int
+
+
+def _damaged(bundle_id: str, why: str) -> Exception:
+    from datamon.errors import IntegrityError
+
+    return IntegrityError(
+        f"bundle {bundle_id or '(unknown)'}: its record is damaged ({why})",
+        "restore the metadata database from a backup, or delete the bundle",
+    )
+
+
+def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise ValueError("duplicate keys")
+    return d
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _is_hex64(v: object) -> bool:
+    return isinstance(v, str) and len(v) == 64 and _HEX64.issuperset(v)
+
+
+def _int_in(v: object, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v < hi
+
+
+def decode_record(raw: bytes, bundle_id: str = "") -> RecordFields:
+    """The fields of a bundle record, or ``IntegrityError`` (exit 4) naming ``bundle_id``.
+
+    The record must be canonical (compact JSON, sorted keys, UTF-8: re-encoding it gives the same
+    bytes), version 1, with exactly the documented keys and types. This does not hash: the caller
+    checks that the bytes hash to the id (``api.bundles.check_record``)."""
+    import json
+
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise _damaged(bundle_id, "not bytes")
+    raw = bytes(raw)
+    if len(raw) > MAX_RECORD_BYTES:
+        raise _damaged(bundle_id, f"{len(raw)} bytes, more than a record can be")
+    try:
+        d = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _damaged(bundle_id, f"not JSON: {str(e)[:80]}") from None
+    if not isinstance(d, dict) or set(d) != _RECORD_KEYS:
+        raise _damaged(bundle_id, "not a bundle record")
+    if not _int_in(d["version"], RECORD_VERSION, RECORD_VERSION + 1):
+        raise _damaged(bundle_id, f"version {str(d['version'])[:20]}, not {RECORD_VERSION}")
+    c = d["contributor"]
+    if not isinstance(c, dict) or set(c) != {"email", "name"}:
+        raise _damaged(bundle_id, "bad contributor")
+    strings = (d["repo"], d["message"], c["name"], c["email"])
+    if not all(isinstance(s, str) for s in strings):
+        raise _damaged(bundle_id, "a text field is not a string")
+    if any("\ud800" <= ch <= "\udfff" for s in strings for ch in s):
+        raise _damaged(bundle_id, "a text field is not valid Unicode")
+    if not _is_hex64(d["tree"]):
+        raise _damaged(bundle_id, "bad tree key")
+    parents = d["parents"]
+    if not isinstance(parents, list) or not all(_is_hex64(p) for p in parents):
+        raise _damaged(bundle_id, "bad parents")
+    if not _int_in(d["files"], 0, _INT64) or not _int_in(d["size"], 0, _INT64):
+        raise _damaged(bundle_id, "bad file count or size")
+    if not _int_in(d["time_ns"], -_INT64, _INT64):
+        raise _damaged(bundle_id, "bad time")
+    canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if canonical != raw:
+        raise _damaged(bundle_id, "not in canonical form")
+    return RecordFields(
+        repo=d["repo"],
+        tree=d["tree"],
+        parents=tuple(parents),
+        message=d["message"],
+        contributor_name=c["name"],
+        contributor_email=c["email"],
+        time_ns=d["time_ns"],
+        file_count=d["files"],
+        total_size=d["size"],
+    )
+
+
+def record_mismatch(b: BundleRecord, f: RecordFields) -> list[str]:
+    """Names of the columns of ``b`` that differ from what its record says (empty: they agree)."""
+    pairs = (
+        ("repo", b.repo, f.repo),
+        ("tree", b.tree, f.tree),
+        ("parents", tuple(b.parents), f.parents),
+        ("message", b.message, f.message),
+        ("contributor name", b.contributor_name, f.contributor_name),
+        ("contributor email", b.contributor_email, f.contributor_email),
+        ("time", b.created_ns, f.time_ns),
+        ("file count", b.file_count, f.file_count),
+        ("size", b.total_size, f.total_size),
+    )
+    return [name for name, column, recorded in pairs if column != recorded]

@@ -20,6 +20,7 @@ from datamon.meta.index import ObjectIndexMixin
 from datamon.meta.labels import ANY, LabelsMixin
 from datamon.meta.records import BundleRecord, RepoRecord
 from datamon.meta.schema import bundle_parents, bundles, label_history, labels, lfs_objects, locks, repos
+from datamon.names import check_lookup, check_name, check_text
 
 __all__ = ["ANY", "MetadataStore"]
 
@@ -48,7 +49,10 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin):
     """
 
     def create_repo(self, name: str, description: str = "") -> RepoRecord:
-        """Create an empty repo. Raises ``Conflict`` if a repo of that name exists."""
+        """Create an empty repo. Raises ``Conflict`` if a repo of that name exists, ``UsageError`` if
+        the name breaks the rule of ``datamon.names`` or the description is not storable text."""
+        check_name("repo", name)
+        check_text("description", description)
         now = time.time_ns()
         stmt = (
             self._insert(repos)
@@ -68,6 +72,7 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin):
 
     def get_repo(self, name: str) -> RepoRecord:
         """The repo ``name`` with its bundle count. Raises ``NotFound``."""
+        check_lookup("repo", name)
         with self._read() as conn:
             row = conn.execute(self._repo_query().where(repos.c.name == name)).first()
         if row is None:
@@ -99,8 +104,12 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin):
         """Insert a bundle and its parents in one transaction.
 
         Idempotent: adding a bundle whose id already exists in that repo does nothing. Raises
-        ``NotFound`` if the repo does not exist, ``Conflict`` if the id exists in another repo.
+        ``NotFound`` if the repo does not exist, ``Conflict`` if the id exists in another repo,
+        ``UsageError`` if the message or contributor cannot be stored (NUL, not UTF-8).
         """
+        check_text("message", b.message)
+        check_text("contributor name", b.contributor_name)
+        check_text("contributor email", b.contributor_email)
         stmt = (
             self._insert(bundles)
             .values(

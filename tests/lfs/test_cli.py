@@ -61,11 +61,11 @@ def test_install_records_the_context_and_quotes_args(dm, repo_dir: Path, tmp_pat
         "context", "create", "team", "--blob", f"file://{home}/blobs", "--meta", f"sqlite:///{home}/meta.db"
     )
     assert made.code == 0, made
-    r = dm("--context", "team", "lfs", "install", "--repo", "my models")
+    # A space is no longer allowed in a repo name (datamon.names); a non-ASCII letter still needs quoting.
+    r = dm("--context", "team", "lfs", "install", "--repo", "modèles")
     assert r.code == 0, r
-    assert (
-        git_get("lfs.customtransfer.datamon.args", repo_dir) == "lfs agent --repo 'my models' --context team"
-    )
+    assert git_get("lfs.customtransfer.datamon.args", repo_dir) == "lfs agent --repo 'modèles' --context team"
+    assert dm("--context", "team", "lfs", "install", "--repo", "my models").code == 1
 
 
 def test_install_global_and_outside_a_repository(dm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
