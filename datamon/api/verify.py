@@ -13,6 +13,17 @@ since the walk reads them. A problem is reported with every bundle and path it a
 ``repair`` drops the index rows of bad objects (corrupt, or in a missing pack) and of the
 file maps that list a bad chunk, so that uploading the original data again rewrites them
 instead of deduplicating against the broken copy.
+
+Trust: everything read is hostile. Index rows are bounded before any read
+(``check_location``); trees go through ``decode_tree`` (names, order, kinds, modes, symlink
+sizes) and file maps through ``decode_filemap`` (2+ chunks of 1..``max_size`` bytes); every
+file entry's size is checked against what is stored under its key (a chunk's raw length, a
+map's total, 0 for the empty key) and every map's chunk lengths against the chunks' rows
+(``size-mismatch``, reported on the tree naming the entry). ``full`` also proves every file
+of several chunks: its chunks are read in order and the whole file's hash compared with
+its key, which is what catches a well-formed map of *other* chunks (reported ``corrupt`` on
+the file key, with every path that uses it; ``repair`` drops that row so the next upload of
+the file writes a correct one). No step recurses on the depth of a tree.
 """
 
 from __future__ import annotations
@@ -23,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from datamon.cas.filemap import decode_filemap
-from datamon.cas.hashing import EMPTY_KEY
-from datamon.cas.objects import Location, decode_object
+from datamon.cas.hashing import EMPTY_KEY, Hasher
+from datamon.cas.objects import DEFAULT_MAX_CHUNK, Location, check_location, decode_object
 from datamon.cas.pack import ENTRY, FOOTER, Kind, PackFormatError, pack_blob_name, parse_footer, parse_index
 from datamon.cas.tree import TreeEntry, decode_tree
 from datamon.errors import CorruptObject, IntegrityError, NotFound
@@ -47,6 +58,8 @@ CORRUPT = "corrupt"  # bytes do not decode or do not hash to the key
 MISMATCH = "index-mismatch"  # index row disagrees with the pack's own index
 WRONG_KIND = "wrong-kind"  # e.g. a directory entry whose key is a chunk
 RECORD = "record"  # bundle record does not hash to the bundle id
+SIZE_MISMATCH = "size-mismatch"  # a tree entry's size is not the size of what its key stores
+FILE_WINDOW = 32 << 20  # bytes of chunks read together when proving a file
 
 
 @dataclass(frozen=True)
@@ -117,28 +130,41 @@ def lookup_many(index: object, keys: Sequence[bytes]) -> dict[bytes, IndexRow]:
 
 
 def read_objects(
-    blobs: BlobStore, rows: Iterable[IndexRow], on_error: Callable[[IndexRow, str, str], None]
+    blobs: BlobStore,
+    rows: Iterable[IndexRow],
+    on_error: Callable[[IndexRow, str, str], None],
+    max_chunk: int = DEFAULT_MAX_CHUNK,
 ) -> Iterator[tuple[IndexRow, bytes, bytes]]:
     """Verified (row, stored bytes, raw bytes) of every object, pack by pack in offset order,
     neighbours fetched with one ranged read. Objects that cannot be read go to
-    ``on_error(row, kind, detail)``."""
+    ``on_error(row, kind, detail)``; so do rows no honest writer produces, before any read
+    (``check_location``: a row cannot make this fetch or allocate more than the honest cap)."""
     by_pack: dict[str, list[IndexRow]] = {}
     for r in rows:
+        try:
+            check_location(Location.from_row(r), f"pack {r[1]}", max_chunk)
+        except CorruptObject as e:
+            on_error(r, CORRUPT, e.message)
+            continue
         by_pack.setdefault(r[1], []).append(r)
     for pack in sorted(by_pack):
         items = sorted(by_pack[pack], key=lambda r: r[2])
         run: list[IndexRow] = []
         for r in items:
             if run and (r[2] - (run[-1][2] + run[-1][3]) > READ_GAP or r[2] + r[3] - run[0][2] > READ_SPAN):
-                yield from _read_run(blobs, pack, run, on_error)
+                yield from _read_run(blobs, pack, run, on_error, max_chunk)
                 run = []
             run.append(r)
         if run:
-            yield from _read_run(blobs, pack, run, on_error)
+            yield from _read_run(blobs, pack, run, on_error, max_chunk)
 
 
 def _read_run(
-    blobs: BlobStore, pack: str, run: list[IndexRow], on_error: Callable[[IndexRow, str, str], None]
+    blobs: BlobStore,
+    pack: str,
+    run: list[IndexRow],
+    on_error: Callable[[IndexRow, str, str], None],
+    max_chunk: int,
 ) -> Iterator[tuple[IndexRow, bytes, bytes]]:
     start = run[0][2]
     end = max(r[2] + r[3] for r in run)
@@ -152,7 +178,7 @@ def _read_run(
     for r in run:
         stored = bytes(view[r[2] - start : r[2] - start + r[3]])
         try:
-            yield r, stored, decode_object(Location.from_row(r), stored, f"pack {pack}")
+            yield r, stored, decode_object(Location.from_row(r), stored, f"pack {pack}", max_chunk)
         except CorruptObject as e:
             on_error(r, CORRUPT, f"in pack {pack}: {e.message}")
 
@@ -161,7 +187,9 @@ class Reach:
     """Every object reachable from some roots, each visited once.
 
     ``rows`` holds the index row of every reached object, ``bad`` what is wrong with the
-    objects that could not be reached or read, ``filemaps`` the chunk list of every file map.
+    objects that could not be reached or read, ``filemaps`` the chunk list of every file map
+    (``map_lengths`` their lengths), ``claims`` the sizes tree entries give each file key
+    (size → (tree key, entry name) of the first such entry).
     ``resolve_missing`` (used by gc) may find rows for keys the index lacks.
     """
 
@@ -173,9 +201,13 @@ class Reach:
         self.index = ctx.meta
         self.blobs = ctx.cas.blobs
         self.resolve_missing = resolve_missing
+        self.max_chunk: int = getattr(ctx.cas, "max_chunk", DEFAULT_MAX_CHUNK)
         self.rows: dict[bytes, IndexRow] = {}
         self.bad: dict[bytes, Problem] = {}
         self.filemaps: dict[bytes, list[bytes]] = {}
+        self.map_lengths: dict[bytes, list[int]] = {}
+        self.claims: dict[bytes, dict[int, tuple[bytes, str]]] = {}
+        self.bad_sizes: dict[tuple[bytes, int], Problem] = {}  # (file key, claimed size)
 
     def seen(self, key: bytes) -> bool:
         return key in self.rows or key in self.bad
@@ -215,18 +247,23 @@ class Reach:
         def failed(row: IndexRow, kind: str, detail: str) -> None:
             self.bad[row[0]] = Problem(row[0].hex(), kind, detail)
 
-        for row, _stored, raw in read_objects(self.blobs, to_read, failed):
+        for row, _stored, raw in read_objects(self.blobs, to_read, failed, self.max_chunk):
             key = row[0]
             try:
                 if row[5] == Kind.TREE:
-                    children: list[tuple[bytes, int | None]] = [
-                        (e.key, Kind.TREE if e.is_dir else None)
-                        for e in decode_tree(raw)
-                        if e.is_dir or (e.is_file and not (e.size == 0 and e.key == EMPTY_KEY))
-                    ]
+                    children: list[tuple[bytes, int | None]] = []
+                    for e in decode_tree(raw):
+                        if e.is_dir:
+                            children.append((e.key, Kind.TREE))
+                        elif e.is_file:
+                            self.claims.setdefault(e.key, {}).setdefault(e.size, (key, e.name))
+                            if e.key != EMPTY_KEY:
+                                children.append((e.key, None))
                 else:
-                    chunks = [c for c, _ in decode_filemap(raw)]
+                    pairs = decode_filemap(raw, self.max_chunk)
+                    chunks = [c for c, _ in pairs]
                     self.filemaps[key] = chunks
+                    self.map_lengths[key] = [n for _, n in pairs]
                     children = [(c, Kind.CHUNK) for c in chunks]
             except ValueError as e:
                 self.bad[key] = Problem(key.hex(), CORRUPT, str(e))
@@ -235,6 +272,35 @@ class Reach:
                 if c not in nxt and not self.seen(c):
                     nxt[c] = child_kind
         return nxt
+
+    def check_sizes(self) -> None:
+        """Every file entry's size against what its key stores, every map's chunk lengths
+        against the chunks' rows (no object data is read)."""
+        for fkey, lengths in self.map_lengths.items():
+            if fkey in self.bad:
+                continue
+            for c, n in zip(self.filemaps[fkey], lengths, strict=True):
+                row = self.rows.get(c)
+                if row is not None and c not in self.bad and row[4] != n:
+                    detail = f"lists chunk {c.hex()} as {n} bytes, its index row says {row[4]}"
+                    self.bad[fkey] = Problem(fkey.hex(), CORRUPT, detail)
+                    break
+        for fkey, claims in self.claims.items():
+            actual: int | None
+            if fkey == EMPTY_KEY:
+                actual = 0
+            elif fkey in self.bad or fkey not in self.rows:
+                continue
+            elif fkey in self.map_lengths:
+                actual = sum(self.map_lengths[fkey])
+            elif self.rows[fkey][5] == Kind.CHUNK:
+                actual = self.rows[fkey][4]
+            else:
+                continue
+            for size, (tree, name) in claims.items():
+                if size != actual:
+                    detail = f"entry {name!r} says {size} bytes, its file {fkey.hex()} has {actual}"
+                    self.bad_sizes[(fkey, size)] = Problem(tree.hex(), SIZE_MISMATCH, detail)
 
 
 class _Footers:
@@ -321,19 +387,23 @@ def verify(
         except IntegrityError as e:
             record_problems[b.id] = Problem(b.id, RECORD, e.message)
     reach.walk((bytes.fromhex(b.tree), Kind.TREE) for b in bundles)
+    reach.check_sizes()
 
     _check_footers(reach, report)
     if full:
-        _check_chunks(reach, report)
+        proven = _check_files(reach)
+        _check_chunks(reach, report, skip=proven)
     report.objects = len(reach.rows)
     report.bytes = sum(r[3] for r in reach.rows.values())
     report.packs = len({r[1] for r in reach.rows.values()})
 
     for key, p in reach.bad.items():
         report.problems[key.hex()] = p
+    for (fkey, size), p in reach.bad_sizes.items():
+        report.problems[f"{p.key}:{fkey.hex()}:{size}"] = p
     for bid, p in record_problems.items():
         report.problems[bid] = p
-    if reach.bad:
+    if reach.bad or reach.bad_sizes:
         report.affected = affected_paths(ctx, bundles, reach)
     for b in bundles:
         if b.id in record_problems:
@@ -362,13 +432,58 @@ def _check_footers(reach: Reach, report: VerifyReport) -> None:
             )
 
 
-def _check_chunks(reach: Reach, report: VerifyReport) -> None:
+def _check_chunks(reach: Reach, report: VerifyReport, skip: set[bytes] | None = None) -> None:
     def failed(row: IndexRow, kind: str, detail: str) -> None:
         reach.bad[row[0]] = Problem(row[0].hex(), kind, detail)
 
-    chunks = (r for k, r in reach.rows.items() if r[5] == Kind.CHUNK and k not in reach.bad)
-    for _ in read_objects(reach.blobs, chunks, failed):
+    chunks = (
+        r
+        for k, r in reach.rows.items()
+        if r[5] == Kind.CHUNK and k not in reach.bad and k not in (skip or ())
+    )
+    for _ in read_objects(reach.blobs, chunks, failed, reach.max_chunk):
         pass
+
+
+def _check_files(reach: Reach) -> set[bytes]:
+    """Prove every reachable file of several chunks against its key (chunks read in order,
+    a window at a time); returns the chunks read (each verified by its own hash on the way).
+    A chunk shared by several files is read once per file."""
+    read: set[bytes] = set()
+
+    def failed(row: IndexRow, kind: str, detail: str) -> None:
+        reach.bad[row[0]] = Problem(row[0].hex(), kind, detail)
+
+    for fkey, chunks in reach.filemaps.items():
+        if fkey in reach.bad or any(c in reach.bad or c not in reach.rows for c in chunks):
+            continue
+        lengths = reach.map_lengths[fkey]
+        hasher = Hasher()
+        complete = True
+        i = 0
+        while complete and i < len(chunks):
+            j, total = i, 0
+            while j < len(chunks) and (j == i or total + lengths[j] <= FILE_WINDOW):
+                total += lengths[j]
+                j += 1
+            window = chunks[i:j]
+            rows = [reach.rows[c] for c in dict.fromkeys(window)]
+            got = {row[0]: raw for row, _s, raw in read_objects(reach.blobs, rows, failed, reach.max_chunk)}
+            read.update(window)
+            for c, n in zip(window, lengths[i:j], strict=True):
+                data = got.get(c)
+                if data is None or len(data) != n:
+                    complete = False  # a bad chunk: reported on the chunk (or by check_sizes)
+                    break
+                hasher.update(data)
+            i = j
+        if complete and hasher.digest() != fkey:
+            reach.bad[fkey] = Problem(
+                fkey.hex(),
+                CORRUPT,
+                "the file's chunks do not hash to its key (its file map lists other chunks)",
+            )
+    return read
 
 
 def affected_paths(ctx: Context, bundles: Sequence[BundleRecord], reach: Reach) -> list[Affected]:
@@ -377,13 +492,13 @@ def affected_paths(ctx: Context, bundles: Sequence[BundleRecord], reach: Reach) 
     cas = ctx.cas
     memo: dict[bytes, bool] = {}
 
-    def file_problem(key: bytes) -> Problem | None:
+    def file_problem(key: bytes, size: int) -> Problem | None:
         if key in bad:
             return bad[key]
         for c in reach.filemaps.get(key, ()):
             if c in bad:
                 return bad[c]
-        return None
+        return reach.bad_sizes.get((key, size))
 
     def children(key: bytes) -> list[TreeEntry]:
         try:
@@ -407,7 +522,8 @@ def affected_paths(ctx: Context, bundles: Sequence[BundleRecord], reach: Reach) 
                 stack.extend((e.key, False) for e in kids if e.is_dir and e.key not in memo)
                 continue
             memo[k] = any(
-                (e.is_dir and memo.get(e.key, False)) or (e.is_file and file_problem(e.key) is not None)
+                (e.is_dir and memo.get(e.key, False))
+                or (e.is_file and file_problem(e.key, e.size) is not None)
                 for e in kids
             )
         return memo[key]
@@ -430,7 +546,7 @@ def affected_paths(ctx: Context, bundles: Sequence[BundleRecord], reach: Reach) 
                 if e.is_dir and tree_has_bad(e.key):
                     stack.append((e.key, sub))
                 elif e.is_file:
-                    p = file_problem(e.key)
+                    p = file_problem(e.key, e.size)
                     if p is not None:
                         out.append(Affected(b.repo, b.id, sub, p))
                         found += 1

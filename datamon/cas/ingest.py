@@ -4,14 +4,26 @@ Deduplication asks the index once per batch of keys (never once per chunk), and 
 ``PackWriter`` claim makes sure two threads of one upload never write the same object.
 Everything here streams: a file is read a window at a time, so memory stays bounded by
 the window size times the number of workers, whatever the file size.
+
+Trust: an index row is reused only once it agrees with the bytes being uploaded. For a
+chunk or a tree the key is the hash of the content, so a row can at worst point at bytes
+that fail verification on read (exit 4, never wrong bytes); its cheap facts are checked —
+the row's kind is the one being stored and its raw length is the length of the bytes. For
+a file map the key is the *file's* hash, so a row could map it to other chunks: the stored
+map (one small object) is fetched and compared byte for byte with the map just computed
+(the encoding is canonical). A row that fails either check — or whose object cannot be read
+— is proven wrong: the object is written again and its pack's index rows *replace* the old
+row (``ObjectIndex.add_pack(..., replace_keys=...)``, one transaction). Deduplicated chunks
+are never read back. A session checks each key once (the first thread to meet it).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -20,8 +32,9 @@ from datamon.cas.blobstore import BlobStore
 from datamon.cas.chunker import Chunker
 from datamon.cas.filemap import encode_filemap
 from datamon.cas.hashing import EMPTY_KEY, Hasher, key_of
-from datamon.cas.objects import ObjectIndex, PackWriter
+from datamon.cas.objects import IndexRow, Location, ObjectIndex, ObjectReader, PackWriter
 from datamon.cas.pack import Kind
+from datamon.errors import IntegrityError
 
 _BATCH_KEYS = 2000
 _USED_MARK = re.compile(r"^used/[0-9a-f]{2}/([0-9a-f]{64})\.(\d+)$")
@@ -47,23 +60,51 @@ def reusable(index: ObjectIndex, blobs: BlobStore, keys: Sequence[bytes], marked
     after the newest mark), then the keys are looked up again: a key gc dropped before seeing
     the mark is absent now and gets written anew. ``marked`` collects the packs this session
     has marked (a duplicate mark from two threads is harmless).
+
+    This says nothing about whether a row is *right*; ``Ingester`` checks that against the
+    bytes it uploads (the returned set carries the rows it found, as ``.rows``).
     """
-    rows: dict[bytes, object] = {}
+    rows = reusable_rows(index, blobs, keys, marked)
+    out = ReusableKeys(rows)
+    out.rows = rows
+    return out
+
+
+class ReusableKeys(set[bytes]):
+    """``reusable``'s answer: a set of keys, with the index row of each."""
+
+    rows: Mapping[bytes, IndexRow]
+
+
+def reusable_rows(
+    index: ObjectIndex, blobs: BlobStore, keys: Sequence[bytes], marked: set[str]
+) -> dict[bytes, IndexRow]:
+    """``reusable``, with the index row of every key it returns."""
+    rows: dict[bytes, IndexRow] = {}
     for i in range(0, len(keys), _BATCH_KEYS):
         rows.update(index.lookup_objects(keys[i : i + _BATCH_KEYS]))
-    unmarked = {r[1] for r in rows.values()} - marked  # type: ignore[index]
+    unmarked = {r[1] for r in rows.values()} - marked
     if not unmarked:
-        return set(rows)
+        return rows
     now = time.time_ns()
     for pack in sorted(unmarked):
         blobs.put(used_mark_name(pack, now), b"")
     marked.update(unmarked)
-    again = [k for k, r in rows.items() if r[1] in unmarked]  # type: ignore[index]
-    again_set = set(again)
-    confirmed = {k for k in rows if k not in again_set}
+    again = [k for k, r in rows.items() if r[1] in unmarked]
+    confirmed = {k: r for k, r in rows.items() if r[1] not in unmarked}
     for i in range(0, len(again), _BATCH_KEYS):
         confirmed.update(index.lookup_objects(again[i : i + _BATCH_KEYS]))
     return confirmed
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What the row of a key being uploaded must say: its kind and raw length, and for a file
+    map the exact encoding (compared with the stored map)."""
+
+    kind: int
+    raw_length: int
+    raw: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -78,32 +119,91 @@ class Ingester:
     """Stores file contents and other objects through one ``PackWriter``. Thread-safe."""
 
     def __init__(
-        self, chunker: Chunker, index: ObjectIndex, writer: PackWriter, compress_pool: Executor | None = None
+        self,
+        chunker: Chunker,
+        index: ObjectIndex,
+        writer: PackWriter,
+        compress_pool: Executor | None = None,
+        *,
+        reader: ObjectReader | None = None,
     ) -> None:
         self.chunker = chunker
         self.index = index
         self.writer = writer
         self.pool = compress_pool
+        self.reader = reader if reader is not None else ObjectReader(writer.blobs, index)
         self.marked: set[str] = set()  # packs this session has left a used mark on
+        self.replaced: set[bytes] = set()  # keys whose index rows this session proved wrong
+        self._lock = threading.Lock()
 
-    def claim_missing(self, keys: Sequence[bytes]) -> set[bytes]:
-        """The subset of ``keys`` this caller must write: not indexed, not claimed by another thread."""
+    def claim_missing(
+        self, keys: Sequence[bytes], expect: Mapping[bytes, Expect] | None = None
+    ) -> set[bytes]:
+        """The subset of ``keys`` this caller must write: not indexed (or indexed with a row
+        that ``expect`` proves wrong), not claimed by another thread."""
         w = self.writer
         unknown = [k for k in dict.fromkeys(keys) if not w.is_claimed(k)]
         if not unknown:
             return set()
         present = reusable(self.index, w.blobs, unknown, self.marked)
-        w.mark_present(present)
-        return {k for k in unknown if k not in present and w.claim(k)}
+        rows: Mapping[bytes, IndexRow] | None = getattr(present, "rows", None)
+        if rows is None:  # a stand-in for ``reusable`` (tests): look the rows up
+            rows = self.index.lookup_objects([k for k in unknown if k in present])
+        wrong = self._disproven(rows, expect) if expect else set()
+        w.mark_present(k for k in present if k not in wrong)
+        todo = set()
+        for k in unknown:
+            if (k not in present or k in wrong) and w.claim(k):
+                todo.add(k)
+                if k in wrong:
+                    with self._lock:
+                        self.replaced.add(k)
+        return todo
+
+    def _disproven(self, rows: Mapping[bytes, IndexRow], expect: Mapping[bytes, Expect]) -> set[bytes]:
+        """Keys whose rows disagree with what is being uploaded."""
+        wrong: set[bytes] = set()
+        maps: dict[bytes, Location] = {}
+        for k, row in rows.items():
+            e = expect.get(k)
+            if e is None:
+                continue
+            if row[5] != e.kind or row[4] != e.raw_length:
+                wrong.add(k)
+            elif e.raw is not None:
+                maps[k] = Location.from_row(row)
+        if maps:
+            stored: dict[bytes, bytes] = {}
+            try:
+                for k, raw in self.reader.read_locations(maps.values()):
+                    stored[k] = raw
+            except IntegrityError:
+                for k, loc in maps.items():  # find which ones: each alone
+                    if k not in stored:
+                        try:
+                            stored[k] = self.reader.read_location(loc)
+                        except IntegrityError:
+                            pass
+            for k in maps:
+                if stored.get(k) != expect[k].raw:
+                    wrong.add(k)
+        return wrong
+
+    def _write(self, key: bytes, raw: bytes | memoryview, kind: int) -> None:
+        self.writer.write(key, raw, kind, replace=key in self.replaced)
 
     def store_objects(self, objects: Sequence[tuple[bytes, bytes, int]]) -> int:
-        """Store (key, raw, kind) objects that are not stored yet; returns raw bytes written."""
-        todo = self.claim_missing([k for k, _, _ in objects])
+        """Store (key, raw, kind) objects that are not stored yet (or whose rows are proven
+        wrong); returns raw bytes written."""
+        expect = {
+            k: Expect(kind, len(raw), raw if kind == Kind.FILEMAP else None) for k, raw, kind in objects
+        }
+        todo = self.claim_missing([k for k, _, _ in objects], expect)
         written = 0
         for key, raw, kind in objects:
             if key in todo:
                 todo.discard(key)
-                self.writer.write(key, raw, kind)
+                self._write(key, raw, kind)
                 written += len(raw)
         return written
 
@@ -112,36 +212,42 @@ class Ingester:
         if not jobs:
             return 0
         if self.pool is not None and len(jobs) > 1:
-            futs = [self.pool.submit(self.writer.write, k, c, Kind.CHUNK) for k, c in jobs]
+            futs = [self.pool.submit(self._write, k, c, Kind.CHUNK) for k, c in jobs]
             for f in futs:
                 f.result()
         else:
             for k, c in jobs:
-                self.writer.write(k, c, Kind.CHUNK)
+                self._write(k, c, Kind.CHUNK)
         return sum(len(c) for _, c in jobs)
 
     def ingest_buffers(self, buffers: Sequence[bytes]) -> list[FileResult]:
         """Store several whole files held in memory with one index query (small files)."""
-        per_file: list[tuple[bytes, list[tuple[bytes, memoryview]]]] = []
+        per_file: list[tuple[bytes, list[tuple[bytes, memoryview]], bytes | None]] = []
         objects_keys: list[bytes] = []
+        expect: dict[bytes, Expect] = {}
         for data in buffers:
             chunks = [(key_of(c), c) for c in self.chunker.cut(data)]
+            fmap = None
             if not chunks:
                 fkey = EMPTY_KEY
             elif len(chunks) == 1:
                 fkey = chunks[0][0]
             else:
                 fkey = key_of(data)
+                fmap = encode_filemap([(k, len(c)) for k, c in chunks])
                 objects_keys.append(fkey)
-            per_file.append((fkey, chunks))
-            objects_keys.extend(k for k, _ in chunks)
-        todo = self.claim_missing(objects_keys)
+                expect[fkey] = Expect(Kind.FILEMAP, len(fmap), fmap)
+            per_file.append((fkey, chunks, fmap))
+            for k, c in chunks:
+                objects_keys.append(k)
+                expect[k] = Expect(Kind.CHUNK, len(c))
+        todo = self.claim_missing(objects_keys, expect)
         results = []
-        for data, (fkey, chunks) in zip(buffers, per_file, strict=True):
+        for data, (fkey, chunks, fmap) in zip(buffers, per_file, strict=True):
             new = self._write_chunks(chunks, todo)
-            if len(chunks) > 1 and fkey in todo:
+            if fmap is not None and fkey in todo:
                 todo.discard(fkey)
-                self.writer.write(fkey, encode_filemap([(k, len(c)) for k, c in chunks]), Kind.FILEMAP)
+                self._write(fkey, fmap, Kind.FILEMAP)
             results.append(FileResult(fkey, len(data), len(chunks), new))
         return results
 
@@ -168,16 +274,18 @@ class Ingester:
             for _, c in keyed:
                 hasher.update(c)
                 size += len(c)
-            todo = self.claim_missing([k for k, _ in keyed])
+            todo = self.claim_missing(
+                [k for k, _ in keyed], {k: Expect(Kind.CHUNK, len(c)) for k, c in keyed}
+            )
             jobs = [(k, c) for k, c in keyed if k in todo and not todo.discard(k)]  # type: ignore[func-returns-value]
             new += sum(len(c) for _, c in jobs)
             for fut in inflight:
                 fut.result()
             if self.pool is not None:
-                inflight = [self.pool.submit(self.writer.write, k, c, Kind.CHUNK) for k, c in jobs]
+                inflight = [self.pool.submit(self._write, k, c, Kind.CHUNK) for k, c in jobs]
             else:
                 for k, c in jobs:
-                    self.writer.write(k, c, Kind.CHUNK)
+                    self._write(k, c, Kind.CHUNK)
             chunk_list.extend((k, len(c)) for k, c in keyed)
         for fut in inflight:
             fut.result()

@@ -8,10 +8,22 @@ pack. ``ObjectReader`` looks objects up in the index, fetches byte ranges of pac
 
 The index is reached through the ``ObjectIndex`` protocol, which the metadata store
 implements without either package importing the other.
+
+Index rows and pack bytes are hostile input (docs/format.md, "Trust"): before a byte is
+fetched, ``check_location`` bounds the row (kind and compression known, raw length at most
+the kind's cap — a chunk at most the chunker's ``max_size``, a tree or file map at most
+``MAX_META_OBJECT`` — and stored length consistent with it: equal when raw, no larger when
+compressed), so a row cannot make a reader fetch or allocate more than the honest maximum.
+``decode_object`` then refuses a zstd frame whose header declares a content size other than
+the row's raw length (a 131 KB frame can declare 1 TiB) and decompresses at most raw length
+bytes. Every object but a file map is checked against its key; a file map carries only its
+own checksum (see ``cas/filemap.py`` for what proves it). A reader also refuses an object
+whose row has the wrong kind for its use (``get(key, kind=...)``).
 """
 
 from __future__ import annotations
 
+import io
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -24,10 +36,16 @@ import zstandard
 from datamon.cas.blobstore import BlobStore
 from datamon.cas.cache import ChunkCache
 from datamon.cas.hashing import key_of
-from datamon.cas.pack import Compression, Kind, PackBuilder, pack_blob_name
-from datamon.errors import CorruptObject, MissingObject, NotFound
+from datamon.cas.pack import HEADER_SIZE, Compression, Kind, PackBuilder, pack_blob_name
+from datamon.errors import CorruptObject, MissingObject, NotFound, UsageError
 
 IndexRow = tuple[bytes, str, int, int, int, int, int]
+
+MAX_META_OBJECT = 1 << 30  # largest tree or file map (raw bytes) a reader accepts or a writer stores
+DEFAULT_MAX_CHUNK = 64 << 20  # chunk cap when the chunker's max_size is not known
+MAX_CHUNK_CAP = 1 << 30  # whatever a store's settings say, no chunk is read beyond this
+_KINDS = frozenset(int(k) for k in Kind)
+_COMPRESSIONS = frozenset(int(c) for c in Compression)
 
 
 class ObjectIndex(Protocol):
@@ -36,8 +54,16 @@ class ObjectIndex(Protocol):
     def lookup_objects(self, keys: Sequence[bytes]) -> Mapping[bytes, IndexRow]: ...
 
     def add_pack(
-        self, name: str, size: int, entries: Sequence[tuple[bytes, int, int, int, int, int]]
-    ) -> None: ...
+        self,
+        name: str,
+        size: int,
+        entries: Sequence[tuple[bytes, int, int, int, int, int]],
+        *,
+        replace_keys: Sequence[bytes] = (),
+    ) -> None:
+        """Record a pack and index its objects in one transaction; rows of ``replace_keys``
+        (rows an upload proved wrong) are deleted first, so this pack's entries replace them."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -84,20 +110,75 @@ def encode_object(raw: bytes | memoryview, level: int) -> tuple[bytes, int]:
     return bytes(raw), Compression.NONE
 
 
-def decode_object(loc: Location, stored: bytes, where: str) -> bytes:
-    """Decompress and verify one object; raises ``CorruptObject`` naming it."""
+def max_raw_length(kind: int, max_chunk: int = DEFAULT_MAX_CHUNK) -> int:
+    """The largest raw length an honest object of ``kind`` has."""
+    if kind == Kind.CHUNK:
+        return min(max_chunk, MAX_CHUNK_CAP)
+    return MAX_META_OBJECT
+
+
+def check_location(loc: Location, where: str, max_chunk: int = DEFAULT_MAX_CHUNK) -> None:
+    """Refuse an index row no honest writer produces, before anything is fetched for it."""
+    key = loc.key
+
+    def bad(detail: str) -> CorruptObject:
+        return CorruptObject(key.hex() if isinstance(key, bytes) else repr(key), where, detail)
+
+    if not isinstance(key, bytes) or len(key) != 32:
+        raise bad("index row has a malformed key")
+    if loc.kind not in _KINDS:
+        raise bad(f"index row has unknown kind {loc.kind}")
+    if loc.compression not in _COMPRESSIONS:
+        raise bad(f"index row has unknown compression {loc.compression}")
+    cap = max_raw_length(loc.kind, max_chunk)
+    if not 1 <= loc.raw_length <= cap:
+        raise bad(f"index row claims {loc.raw_length} raw bytes (at most {cap} for kind {loc.kind})")
+    if loc.compression == Compression.NONE and loc.length != loc.raw_length:
+        raise bad(f"stored raw but stored length {loc.length} != raw length {loc.raw_length}")
+    if not 1 <= loc.length <= loc.raw_length:
+        raise bad(f"stored length {loc.length} is impossible for raw length {loc.raw_length}")
+    if loc.offset < HEADER_SIZE:
+        raise bad(f"index row points at offset {loc.offset}, inside the pack header")
+
+
+def _decompress(loc: Location, stored: bytes, where: str) -> bytes:
+    key = loc.key.hex()
+    try:
+        declared = zstandard.frame_content_size(stored)
+    except zstandard.ZstdError as e:
+        raise CorruptObject(key, where, f"zstd frame header: {e}") from None
+    if declared == zstandard.CONTENTSIZE_ERROR:
+        raise CorruptObject(key, where, "zstd frame header is invalid")
+    try:
+        if declared != zstandard.CONTENTSIZE_UNKNOWN:
+            if declared != loc.raw_length:
+                raise CorruptObject(
+                    key, where, f"zstd frame declares {declared} bytes, index says {loc.raw_length}"
+                )
+            # The declared size is bounded (== raw_length, checked against the kind's cap),
+            # and decompression into a buffer of that size fails on any more output.
+            return _decompressor().decompress(stored, max_output_size=loc.raw_length)
+        # No declared size (datamon always writes one): stream, never holding more than
+        # raw_length + 1 bytes.
+        with _decompressor().stream_reader(io.BytesIO(stored)) as r:
+            return r.read(loc.raw_length + 1)
+    except zstandard.ZstdError as e:
+        raise CorruptObject(key, where, f"zstd: {e}") from None
+
+
+def decode_object(
+    loc: Location, stored: bytes | memoryview, where: str, max_chunk: int = DEFAULT_MAX_CHUNK
+) -> bytes:
+    """Decompress and verify one object; raises ``CorruptObject`` naming it.
+
+    Memory is bounded by the row's raw length, itself bounded by the kind's cap
+    (``check_location``), whatever the stored bytes declare."""
+    check_location(loc, where, max_chunk)
     key = loc.key
     if len(stored) != loc.length:
         raise CorruptObject(key.hex(), where, "short read")
-    if loc.compression == Compression.ZSTD:
-        try:
-            raw = _decompressor().decompress(stored, max_output_size=loc.raw_length)
-        except zstandard.ZstdError as e:
-            raise CorruptObject(key.hex(), where, f"zstd: {e}") from None
-    elif loc.compression == Compression.NONE:
-        raw = bytes(stored)
-    else:
-        raise CorruptObject(key.hex(), where, f"unknown compression {loc.compression}")
+    zstd = loc.compression == Compression.ZSTD
+    raw = _decompress(loc, bytes(stored), where) if zstd else bytes(stored)
     if len(raw) != loc.raw_length:
         raise CorruptObject(key.hex(), where, "wrong length")
     if loc.kind == Kind.FILEMAP:
@@ -156,12 +237,21 @@ class PackWriter:
     def is_claimed(self, key: bytes) -> bool:
         return key in self._claimed
 
-    def write(self, key: bytes, raw: bytes | memoryview, kind: int) -> None:
-        """Compress (outside the lock) and append one claimed object."""
+    def write(self, key: bytes, raw: bytes | memoryview, kind: int, *, replace: bool = False) -> None:
+        """Compress (outside the lock) and append one claimed object. ``replace``: the index
+        row of ``key`` was proven wrong; this object's row replaces it when the pack lands."""
+        if kind != Kind.CHUNK and len(raw) > MAX_META_OBJECT:
+            raise UsageError(
+                f"object {key.hex()} of kind {kind} has {len(raw)} bytes, more than the "
+                f"{MAX_META_OBJECT} readers accept",
+                "split the directory (or file) into smaller ones",
+            )
         stored, comp = encode_object(raw, self.level if kind == Kind.CHUNK else max(self.level, 3))
         full = None
         with self._lock:
             self._builder.add(key, stored, len(raw), kind, comp)
+            if replace:
+                self._builder.replace_keys.append(key)
             self.stored_bytes += len(stored)
             self.written_objects += 1
             if len(self._builder) >= self.pack_size:
@@ -183,7 +273,11 @@ class PackWriter:
         try:
             name, data, entries = builder.finish()
             self.blobs.put(pack_blob_name(name), data)
-            self.index.add_pack(name, len(data), [e.as_tuple() for e in entries])
+            rows = [e.as_tuple() for e in entries]
+            if builder.replace_keys:
+                self.index.add_pack(name, len(data), rows, replace_keys=list(builder.replace_keys))
+            else:
+                self.index.add_pack(name, len(data), rows)
             with self._lock:
                 self.packs_written += 1
         finally:
@@ -207,16 +301,26 @@ class PackWriter:
 
 
 class ObjectReader:
-    """Verified reads of objects by key. Thread-safe."""
+    """Verified reads of objects by key. Thread-safe.
+
+    ``max_chunk`` (the chunker's ``max_size``) bounds what a chunk row may claim. ``kind``
+    arguments name the kind the caller needs: a row of another kind is corruption."""
 
     def __init__(
-        self, blobs: BlobStore, index: ObjectIndex, cache: ChunkCache | None = None, tree_cache: int = 4096
+        self,
+        blobs: BlobStore,
+        index: ObjectIndex,
+        cache: ChunkCache | None = None,
+        tree_cache: int = 4096,
+        *,
+        max_chunk: int = DEFAULT_MAX_CHUNK,
     ) -> None:
         self.blobs = blobs
         self.index = index
         self.cache = cache
+        self.max_chunk = max_chunk
         self._locs: OrderedDict[bytes, Location] = OrderedDict()
-        self._small: OrderedDict[bytes, bytes] = OrderedDict()  # trees and file maps
+        self._small: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()  # trees and file maps
         self._small_max = tree_cache
         self._lock = threading.Lock()
 
@@ -248,40 +352,54 @@ class ObjectReader:
     def kind_of(self, key: bytes) -> int:
         return self.locate([key])[key].kind
 
-    def get(self, key: bytes) -> bytes:
-        """The verified bytes of one object."""
+    @staticmethod
+    def _check_kind(loc: Location, kind: int | None) -> None:
+        if kind is not None and loc.kind != kind:
+            raise CorruptObject(
+                loc.key.hex(), f"pack {loc.pack}", f"indexed as kind {loc.kind} where kind {kind} is needed"
+            )
+
+    def get(self, key: bytes, kind: int | None = None) -> bytes:
+        """The verified bytes of one object (of ``kind``, when given)."""
         with self._lock:
             small = self._small.get(key)
-        if small is not None:
-            return small
-        if self.cache is not None:
-            data = self.cache.get(key)
+        if small is not None and kind in (None, small[0]):
+            return small[1]
+        if self.cache is not None and kind in (None, Kind.CHUNK):
+            data = self.cache.get(key)  # hashed against the key on every hit
             if data is not None:
                 return data
         loc = self.locate([key])[key]
+        self._check_kind(loc, kind)
         data = self._fetch(loc)
         if loc.kind == Kind.CHUNK:
             if self.cache is not None:
                 self.cache.put(key, data)
         else:
             with self._lock:
-                self._small[key] = data
+                self._small[key] = (loc.kind, data)
                 while len(self._small) > self._small_max:
                     self._small.popitem(last=False)
         return data
 
+    def read_location(self, loc: Location) -> bytes:
+        """The verified bytes at one index row (bypassing every cache)."""
+        return self._fetch(loc)
+
     def _fetch(self, loc: Location) -> bytes:
+        check_location(loc, f"pack {loc.pack}", self.max_chunk)
         try:
             stored = self.blobs.get(pack_blob_name(loc.pack), loc.offset, loc.offset + loc.length)
         except NotFound:
             loc = self._moved(loc)
+            check_location(loc, f"pack {loc.pack}", self.max_chunk)
             try:
                 stored = self.blobs.get(pack_blob_name(loc.pack), loc.offset, loc.offset + loc.length)
             except NotFound:
                 raise MissingObject(
                     loc.key.hex(), f"pack {loc.pack} is missing from the blob store"
                 ) from None
-        return decode_object(loc, stored, f"pack {loc.pack}")
+        return decode_object(loc, stored, f"pack {loc.pack}", self.max_chunk)
 
     def _moved(self, loc: Location) -> Location:
         """Where an object is now that its cached pack is gone (gc may have repacked it)."""
@@ -291,20 +409,29 @@ class ObjectReader:
         if row is None or row[1] == loc.pack:
             raise MissingObject(loc.key.hex(), f"pack {loc.pack} is missing from the blob store")
         new = Location.from_row(row)
+        if new.kind != loc.kind:
+            raise CorruptObject(loc.key.hex(), f"pack {new.pack}", f"re-indexed as kind {new.kind}")
         with self._lock:
             self._locs[loc.key] = new
         return new
 
     def get_many(
-        self, keys: Sequence[bytes], *, gap: int = 1 << 20, span: int = 16 << 20
+        self,
+        keys: Sequence[bytes],
+        *,
+        kind: int | None = None,
+        gap: int = 1 << 20,
+        span: int = 16 << 20,
     ) -> Iterator[tuple[bytes, bytes]]:
         """Verified (key, bytes) for every distinct key, in pack order, fetching neighbouring
-        objects of one pack with one ranged read (holes up to ``gap`` bytes are read through)."""
+        objects of one pack with one ranged read (holes up to ``gap`` bytes are read through).
+        With ``kind``, a key indexed as another kind raises ``CorruptObject``."""
         distinct = list(dict.fromkeys(keys))
         found: list[tuple[bytes, bytes]] = []
         todo = []
+        use_cache = self.cache is not None and kind in (None, Kind.CHUNK)
         for k in distinct:
-            data = self.cache.get(k) if self.cache is not None else None
+            data = self.cache.get(k) if use_cache and self.cache is not None else None
             if data is None:
                 todo.append(k)
             else:
@@ -313,8 +440,17 @@ class ObjectReader:
         if not todo:
             return
         locs = self.locate(todo)
-        by_pack: dict[str, list[Location]] = {}
         for loc in locs.values():
+            self._check_kind(loc, kind)
+        yield from self.read_locations(locs.values(), gap=gap, span=span)
+
+    def read_locations(
+        self, locs: Iterable[Location], *, gap: int = 1 << 20, span: int = 16 << 20
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Verified (key, bytes) at index rows, pack by pack in offset order (no caches)."""
+        by_pack: dict[str, list[Location]] = {}
+        for loc in locs:
+            check_location(loc, f"pack {loc.pack}", self.max_chunk)
             by_pack.setdefault(loc.pack, []).append(loc)
         for pack, items in by_pack.items():
             items.sort(key=lambda lc: lc.offset)
@@ -345,4 +481,4 @@ class ObjectReader:
         view = memoryview(blob)
         for lc in run:
             stored = view[lc.offset - start : lc.offset - start + lc.length]
-            yield lc.key, decode_object(lc, bytes(stored), f"pack {pack}")
+            yield lc.key, decode_object(lc, bytes(stored), f"pack {pack}", self.max_chunk)

@@ -65,6 +65,7 @@ class PackBuilder:
     def __init__(self) -> None:
         self._buf = bytearray(PACK_MAGIC)
         self.entries: list[PackEntry] = []
+        self.replace_keys: list[bytes] = []  # keys whose existing index rows this pack replaces
 
     def __len__(self) -> int:
         return len(self._buf)
@@ -90,34 +91,59 @@ class PackBuilder:
         return key_of(data).hex(), data, self.entries  # type: ignore[return-value]
 
 
-def parse_footer(footer: bytes, pack_size: int) -> tuple[int, int, bytes]:
-    """(index_offset, count, index_hash) from the last ``FOOTER.size`` bytes of a pack."""
+MAX_ENTRIES = 1 << 24  # objects per pack a reader accepts (a 32 MiB pack holds < 1M)
+
+
+def parse_footer(footer: bytes | bytearray | memoryview, pack_size: int) -> tuple[int, int, bytes]:
+    """(index_offset, count, index_hash) from the last ``FOOTER.size`` bytes of a pack.
+
+    Checked before anything is allocated for the index: the count is bounded and the index
+    must end exactly where the footer starts, at or after the header."""
     if len(footer) != FOOTER.size:
         raise PackFormatError("pack is too short to hold a footer")
-    index_offset, count, index_hash, magic = FOOTER.unpack(footer)
+    index_offset, count, index_hash, magic = FOOTER.unpack(bytes(footer))
     if magic != FOOTER_MAGIC:
         raise PackFormatError("pack footer magic is wrong")
-    if index_offset + count * ENTRY.size + FOOTER.size != pack_size or index_offset < HEADER_SIZE:
+    if count > MAX_ENTRIES:
+        raise PackFormatError(f"pack footer claims {count} objects (at most {MAX_ENTRIES})")
+    if index_offset < HEADER_SIZE or index_offset + count * ENTRY.size + FOOTER.size != pack_size:
         raise PackFormatError("pack footer does not match the pack size")
     return index_offset, count, index_hash
 
 
-def parse_index(index: bytes, count: int, index_hash: bytes, index_offset: int) -> list[PackEntry]:
-    """Decode and check a pack's index bytes."""
-    if len(index) != count * ENTRY.size or key_of(index) != index_hash:
+_KINDS = frozenset(int(k) for k in Kind)
+_COMPRESSIONS = frozenset(int(c) for c in Compression)
+
+
+def parse_index(
+    index: bytes | bytearray | memoryview, count: int, index_hash: bytes, index_offset: int
+) -> list[PackEntry]:
+    """Decode and check a pack's index bytes: the hash, then every entry's kind, compression,
+    reserved bytes, lengths (raw: stored == raw length; zstd: stored <= raw length; never 0)
+    and placement inside ``[HEADER_SIZE, index_offset)``."""
+    if not 0 <= count <= MAX_ENTRIES or len(index) != count * ENTRY.size:
+        raise PackFormatError("pack index length does not match its count")
+    index = bytes(index)
+    if key_of(index) != index_hash:
         raise PackFormatError("pack index does not match its hash")
     entries = []
     for i in range(count):
-        key, off, length, raw, kind, comp, _ = ENTRY.unpack_from(index, i * ENTRY.size)
+        key, off, length, raw, kind, comp, reserved = ENTRY.unpack_from(index, i * ENTRY.size)
         if off < HEADER_SIZE or off + length > index_offset:
             raise PackFormatError(f"pack index entry {i} points outside the data")
+        if kind not in _KINDS or comp not in _COMPRESSIONS or reserved:
+            raise PackFormatError(
+                f"pack index entry {i} has kind {kind}, compression {comp}, reserved {reserved}"
+            )
+        if length == 0 or length > raw or (comp == Compression.NONE and length != raw):
+            raise PackFormatError(f"pack index entry {i} has stored length {length} for raw length {raw}")
         entries.append(PackEntry(key, off, length, raw, kind, comp))
     return entries
 
 
-def read_index(data_or_reader: bytes) -> list[PackEntry]:
+def read_index(data_or_reader: bytes | bytearray | memoryview) -> list[PackEntry]:
     """Index of a whole pack held in memory (used by tests and by ``verify --full``)."""
-    data = data_or_reader
+    data = bytes(data_or_reader)
     if not data.startswith(PACK_MAGIC):
         raise PackFormatError("not a datamon pack (bad magic)")
     index_offset, count, index_hash = parse_footer(data[-FOOTER.size :], len(data))

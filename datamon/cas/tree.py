@@ -8,6 +8,21 @@
 
 ``kind`` 1 file (key = file key), 2 directory (key = tree key, size = bytes of files below
 it), 3 symlink (key all zero, target = link text). ``mode`` is the permission bits only.
+
+A tree read from a store is hostile input: ``decode_tree`` returns only entries that an
+honest writer could have encoded, else raises ``TreeFormatError`` (a ``ValueError``):
+
+* names are single path components: not empty, not ``.`` or ``..``, no ``/`` and no NUL;
+* entries are in the canonical order, strictly increasing by name bytes (no duplicates);
+* kind is 1, 2 or 3; mode has no bits beyond ``0o7777``; size is below 2**63 (``off_t``);
+* files and directories have an empty target; a symlink has a non-empty target without NUL
+  and its size is the target's length (in bytes, or in code points as datamon has written
+  it for non-ASCII targets);
+* the count fits in the bytes given (no allocation before that check) and nothing trails.
+
+``encode_tree`` refuses the same things, so an honest writer never stores a tree that a
+reader rejects. Names that are not valid UTF-8 are kept with ``surrogateescape`` and
+round-trip byte for byte.
 """
 
 from __future__ import annotations
@@ -22,12 +37,22 @@ MAGIC = b"DMTREE\x00\x01"
 _COUNT = struct.Struct("<I")
 _H = struct.Struct("<H")
 _FIXED = struct.Struct("<BIqQ32s")
+_MIN_ENTRY = 2 + 1 + _FIXED.size + 2  # a one-byte name and no target
+MAX_SIZE = (1 << 63) - 1  # st_size is a signed 64-bit integer
+MODE_BITS = 0o7777
+
+
+class TreeFormatError(ValueError):
+    """A tree object that no honest writer produces."""
 
 
 class EntryKind(IntEnum):
     FILE = 1
     DIR = 2
     SYMLINK = 3
+
+
+_KINDS = frozenset(int(k) for k in EntryKind)
 
 
 def _enc(text: str) -> bytes:
@@ -57,56 +82,108 @@ class TreeEntry:
         return self.kind == EntryKind.SYMLINK
 
 
+def _check_name(name: bytes) -> None:
+    if not name or name in (b".", b"..") or b"/" in name or b"\x00" in name:
+        raise TreeFormatError(f"invalid entry name {name!r}")
+
+
 def validate_name(name: str) -> None:
-    if not name or name in (".", "..") or "/" in name or "\x00" in name:
-        raise ValueError(f"invalid entry name {name!r}")
+    try:
+        _check_name(_enc(name))
+    except UnicodeEncodeError:
+        raise TreeFormatError(f"invalid entry name {name!r}") from None
+
+
+def _check_entry(name: bytes, kind: int, mode: int, size: int, target: bytes, target_text: str) -> None:
+    """Everything about one entry that does not depend on its neighbours."""
+    _check_name(name)
+    if kind not in _KINDS:
+        raise TreeFormatError(f"entry {name!r} has unknown kind {kind}")
+    if mode & ~MODE_BITS:
+        raise TreeFormatError(f"entry {name!r} has mode bits beyond 0o7777: {mode:#o}")
+    if not 0 <= size <= MAX_SIZE:
+        raise TreeFormatError(f"entry {name!r} has impossible size {size}")
+    if kind == EntryKind.SYMLINK:
+        if not target or b"\x00" in target:
+            raise TreeFormatError(f"symlink {name!r} has an empty target or one containing NUL")
+        if size not in (len(target), len(target_text)):
+            raise TreeFormatError(f"symlink {name!r} has size {size}, its target {len(target)} bytes")
+    elif target:
+        raise TreeFormatError(f"entry {name!r} is not a symlink but has a target")
 
 
 def encode_tree(entries: list[TreeEntry]) -> bytes:
-    """Canonical encoding: entries sorted by the bytes of their names; names must be unique."""
-    items = sorted(((_enc(e.name), e) for e in entries), key=lambda p: p[0])
+    """Canonical encoding: entries sorted by the bytes of their names; names must be unique.
+    Raises ``TreeFormatError`` for an entry ``decode_tree`` would refuse."""
+    try:
+        items = sorted(((_enc(e.name), e) for e in entries), key=lambda p: p[0])
+    except UnicodeEncodeError as err:
+        raise TreeFormatError(f"entry name is not encodable: {err}") from None
     out = [MAGIC, _COUNT.pack(len(items))]
     prev = None
     for name, e in items:
-        validate_name(e.name)
         if name == prev:
-            raise ValueError(f"duplicate entry name {e.name!r}")
+            raise TreeFormatError(f"duplicate entry name {e.name!r}")
         prev = name
         target = _enc(e.target)
+        if len(name) > 0xFFFF or len(target) > 0xFFFF:
+            raise TreeFormatError(f"entry {e.name!r}: name or target longer than 65535 bytes")
+        mode = e.mode & MODE_BITS
+        _check_entry(name, int(e.kind), mode, e.size, target, e.target)
         out += [
             _H.pack(len(name)),
             name,
-            _FIXED.pack(int(e.kind), e.mode & 0o7777, e.mtime_ns, e.size, e.key),
+            _FIXED.pack(int(e.kind), mode, e.mtime_ns, e.size, e.key),
             _H.pack(len(target)),
             target,
         ]
     return b"".join(out)
 
 
-def decode_tree(raw: bytes) -> list[TreeEntry]:
-    """Entries of an encoded tree, in order; raises ``ValueError`` on malformed input."""
-    if not raw.startswith(MAGIC):
-        raise ValueError("not a tree object")
+def decode_tree(raw: bytes | bytearray | memoryview) -> list[TreeEntry]:
+    """Entries of an encoded tree, in order; raises ``TreeFormatError`` (a ``ValueError``) on
+    anything an honest writer would not have encoded (see the module docstring)."""
+    raw = bytes(raw)
+    if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + _COUNT.size:
+        raise TreeFormatError("not a tree object")
     (count,) = _COUNT.unpack_from(raw, len(MAGIC))
-    pos = len(MAGIC) + 4
+    pos = len(MAGIC) + _COUNT.size
+    if count > (len(raw) - pos) // _MIN_ENTRY:
+        raise TreeFormatError(f"tree claims {count} entries in {len(raw)} bytes")
+    end = len(raw)
     entries = []
-    try:
-        for _ in range(count):
-            (n,) = _H.unpack_from(raw, pos)
-            pos += 2
-            name = raw[pos : pos + n].decode("utf-8", "surrogateescape")
-            pos += n
-            kind, mode, mtime, size, key = _FIXED.unpack_from(raw, pos)
-            pos += _FIXED.size
-            (t,) = _H.unpack_from(raw, pos)
-            pos += 2
-            target = raw[pos : pos + t].decode("utf-8", "surrogateescape")
-            pos += t
-            entries.append(TreeEntry(name, EntryKind(kind), mode, mtime, size, key, target))
-    except (struct.error, ValueError) as e:
-        raise ValueError(f"malformed tree object: {e}") from None
-    if pos != len(raw):
-        raise ValueError("trailing bytes after tree entries")
+    prev: bytes | None = None
+    for i in range(count):
+        if pos + 2 > end:
+            raise TreeFormatError(f"tree entry {i} is truncated")
+        (n,) = _H.unpack_from(raw, pos)
+        pos += 2
+        if pos + n + _FIXED.size + 2 > end:
+            raise TreeFormatError(f"tree entry {i} is truncated")
+        name = raw[pos : pos + n]
+        pos += n
+        kind, mode, mtime, size, key = _FIXED.unpack_from(raw, pos)
+        pos += _FIXED.size
+        (t,) = _H.unpack_from(raw, pos)
+        pos += 2
+        if pos + t > end:
+            raise TreeFormatError(f"tree entry {i} is truncated")
+        target = raw[pos : pos + t]
+        pos += t
+        if prev is not None and name <= prev:
+            raise TreeFormatError(
+                f"tree entry {name!r} is {'a duplicate' if name == prev else 'out of order'}"
+            )
+        prev = name
+        target_text = target.decode("utf-8", "surrogateescape")
+        _check_entry(name, kind, mode, size, target, target_text)
+        entries.append(
+            TreeEntry(
+                name.decode("utf-8", "surrogateescape"), EntryKind(kind), mode, mtime, size, key, target_text
+            )
+        )
+    if pos != end:
+        raise TreeFormatError("trailing bytes after tree entries")
     return entries
 
 

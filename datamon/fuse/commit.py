@@ -7,7 +7,11 @@ read and ingested. Write order is the upload's: packs and index rows (inside
 at any point leaves nothing that refers to missing data.
 
 When a commit fails, ``save_manifest`` writes ``manifest.json`` next to the staged files: the
-whole tree as committed, naming each staged file, so ``retry`` can commit it later.
+whole tree as committed, naming each staged file, so ``retry`` can commit it later. Version 2
+of the manifest is a flat list of nodes (each naming its parent), so that neither writing nor
+reading it recurses on the depth of the tree (JSON parsers do); version 1 (nested) is still read.
+
+Nothing here recurses on the depth of the tree: a bundle thousands of directories deep commits.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +37,7 @@ if TYPE_CHECKING:
     from datamon.meta.records import BundleRecord
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 
 
 # libfuse renames a file that is deleted while open to this name, and deletes it on the last
@@ -40,27 +45,32 @@ MANIFEST_VERSION = 1
 _HIDDEN = re.compile(r"^\.fuse_hidden[0-9a-f]{16}$")
 
 
-def _drop_hidden(view: MutableView, d: DirNode) -> None:
-    if not d.dirty or d.children is None:
-        return
-    for name, node in list(d.children.items()):
-        if isinstance(node, FileNode) and _HIDDEN.match(name):
-            del d.children[name]
-            view.file_count -= 1
-        elif isinstance(node, DirNode):
-            _drop_hidden(view, node)
+def _changed_dirs(root: DirNode) -> Iterator[DirNode]:
+    """Loaded directories whose entries may have changed, parents before children (no recursion)."""
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        if not d.dirty or d.children is None:
+            continue
+        yield d
+        stack.extend(reversed([n for n in d.children.values() if isinstance(n, DirNode)]))
 
 
-def _staged(d: DirNode) -> list[FileNode]:
+def _drop_hidden(view: MutableView, root: DirNode) -> None:
+    for d in _changed_dirs(root):
+        assert d.children is not None
+        for name, node in list(d.children.items()):
+            if isinstance(node, FileNode) and _HIDDEN.match(name):
+                del d.children[name]
+                view.file_count -= 1
+
+
+def _staged(root: DirNode) -> list[FileNode]:
     """Staged files in the changed part of the tree (untouched directories hold none)."""
     out: list[FileNode] = []
-    if not d.dirty or d.children is None:
-        return out
-    for node in d.children.values():
-        if isinstance(node, FileNode) and node.staged is not None:
-            out.append(node)
-        elif isinstance(node, DirNode):
-            out.extend(_staged(node))
+    for d in _changed_dirs(root):
+        assert d.children is not None
+        out.extend(n for n in d.children.values() if isinstance(n, FileNode) and n.staged is not None)
     return out
 
 
@@ -75,38 +85,65 @@ def _ingest(ing: Ingester, files: list[FileNode], workers: int) -> dict[int, Fil
 
 
 def _build(
-    d: DirNode, ingested: dict[int, FileResult], objects: list[tuple[bytes, bytes, int]]
+    root: DirNode, ingested: dict[int, FileResult], objects: list[tuple[bytes, bytes, int]]
 ) -> tuple[bytes, int]:
-    """(tree key, bytes of files below) of ``d``; new tree objects are appended to ``objects``."""
-    if not d.dirty and d.base is not None:
-        return d.base.key, d.base.size
-    assert d.children is not None  # a changed directory has been loaded
-    entries: list[TreeEntry] = []
-    total = 0
-    for name, node in d.children.items():
-        if isinstance(node, FileNode):
-            if node.staged is not None:
-                r = ingested[id(node)]
-                key, size = r.key, r.size
-            else:
-                assert node.entry is not None
-                key, size = node.entry.key, node.entry.size
-            entries.append(TreeEntry(name, EntryKind.FILE, node.mode, node.mtime_ns, size, key))
-            total += size
-        elif isinstance(node, LinkNode):
-            entries.append(
-                TreeEntry(
-                    name, EntryKind.SYMLINK, node.mode, node.mtime_ns, len(node.target), ZERO_KEY, node.target
+    """(tree key, bytes of files below) of ``root``; new tree objects are appended to
+    ``objects``, children before parents. Post-order without recursion."""
+    done: dict[int, tuple[bytes, int]] = {}
+
+    def result(d: DirNode) -> tuple[bytes, int] | None:
+        if not d.dirty and d.base is not None:
+            return d.base.key, d.base.size
+        return done.get(id(d))
+
+    stack: list[DirNode] = [root]
+    while stack:
+        d = stack[-1]
+        if result(d) is not None:
+            stack.pop()
+            continue
+        assert d.children is not None  # a changed directory has been loaded
+        pending = [n for n in d.children.values() if isinstance(n, DirNode) and result(n) is None]
+        if pending:
+            stack.extend(pending)
+            continue
+        stack.pop()
+        entries: list[TreeEntry] = []
+        total = 0
+        for name, node in d.children.items():
+            if isinstance(node, FileNode):
+                if node.staged is not None:
+                    r = ingested[id(node)]
+                    key, size = r.key, r.size
+                else:
+                    assert node.entry is not None
+                    key, size = node.entry.key, node.entry.size
+                entries.append(TreeEntry(name, EntryKind.FILE, node.mode, node.mtime_ns, size, key))
+                total += size
+            elif isinstance(node, LinkNode):
+                entries.append(
+                    TreeEntry(
+                        name,
+                        EntryKind.SYMLINK,
+                        node.mode,
+                        node.mtime_ns,
+                        len(node.target),
+                        ZERO_KEY,
+                        node.target,
+                    )
                 )
-            )
-        else:
-            key, size = _build(node, ingested, objects)
-            entries.append(TreeEntry(name, EntryKind.DIR, node.mode, node.mtime_ns, size, key))
-            total += size
-    raw = encode_tree(entries)
-    key = key_of(raw)
-    objects.append((key, raw, Kind.TREE))
-    return key, total
+            else:
+                sub = result(node)
+                assert sub is not None
+                entries.append(TreeEntry(name, EntryKind.DIR, node.mode, node.mtime_ns, sub[1], sub[0]))
+                total += sub[1]
+        raw = encode_tree(entries)
+        key = key_of(raw)
+        objects.append((key, raw, Kind.TREE))
+        done[id(d)] = (key, total)
+    got = result(root)
+    assert got is not None
+    return got
 
 
 def commit(
@@ -163,7 +200,8 @@ def commit(
 
 
 # -- keeping a failed commit --------------------------------------------------------------------
-def _node_json(node: Node, staging: Path) -> dict[str, Any]:
+def _node_fields(node: Node, staging: Path) -> dict[str, Any]:
+    """One node's own fields (a directory's entries are separate nodes)."""
     common = {"mode": node.mode, "mtime_ns": node.mtime_ns}
     if isinstance(node, LinkNode):
         return {"kind": "symlink", "target": node.target, **common}
@@ -175,11 +213,22 @@ def _node_json(node: Node, staging: Path) -> dict[str, Any]:
     if node.children is None or (not node.dirty and node.base is not None):
         assert node.base is not None
         return {"kind": "dir", "tree": node.base.key.hex(), "size": node.base.size, **common}
-    return {
-        "kind": "dir",
-        "entries": {name: _node_json(child, staging) for name, child in node.children.items()},
-        **common,
-    }
+    return {"kind": "dir", **common}
+
+
+def _nodes_json(root: DirNode, staging: Path) -> list[dict[str, Any]]:
+    """The tree as a flat list, parents first; each node names its parent's index."""
+    out: list[dict[str, Any]] = []
+    stack: list[tuple[Node, int, str]] = [(root, -1, "")]
+    while stack:
+        node, parent, name = stack.pop()
+        fields = _node_fields(node, staging)
+        out.append({"parent": parent, "name": name, **fields})
+        if isinstance(node, DirNode) and "tree" not in fields:
+            me = len(out) - 1
+            assert node.children is not None
+            stack.extend((c, me, n) for n, c in reversed(list(node.children.items())))
+    return out
 
 
 def save_manifest(view: MutableView, repo: str, message: str, label: str | None = None) -> Path:
@@ -191,7 +240,7 @@ def save_manifest(view: MutableView, repo: str, message: str, label: str | None 
         "label": label,
         "base": view.base.id if view.base else None,
         "file_count": view.file_count,
-        "root": _node_json(view.root, view.staging),
+        "nodes": _nodes_json(view.root, view.staging),
     }
     path = view.staging / MANIFEST
     tmp = path.with_suffix(".tmp")
@@ -200,7 +249,8 @@ def save_manifest(view: MutableView, repo: str, message: str, label: str | None 
     return path
 
 
-def _node_from_json(d: dict[str, Any], staging: Path, view: MutableView) -> Node:
+def _one_node(d: dict[str, Any], staging: Path, view: MutableView) -> Node:
+    """A node from its fields; a directory listed with its entries starts empty."""
     ino = view._new_ino()
     mode, mtime = int(d["mode"]), int(d["mtime_ns"])
     if d["kind"] == "symlink":
@@ -215,8 +265,33 @@ def _node_from_json(d: dict[str, Any], staging: Path, view: MutableView) -> Node
     if "tree" in d:
         e = TreeEntry("", EntryKind.DIR, mode, mtime, int(d["size"]), bytes.fromhex(d["tree"]))
         return DirNode(ino, mode, mtime, base=e, dirty=False)
-    children = {name: _node_from_json(c, staging, view) for name, c in d["entries"].items()}
-    return DirNode(ino, mode, mtime, children=children)
+    return DirNode(ino, mode, mtime, children={})
+
+
+def _root_from_manifest(doc: dict[str, Any], staging: Path, view: MutableView) -> Node:
+    if int(doc.get("version", 1)) >= 2:
+        nodes: list[Node] = []
+        for d in doc["nodes"]:
+            node = _one_node(d, staging, view)
+            parent = int(d["parent"])
+            if parent >= 0:
+                p = nodes[parent]
+                assert isinstance(p, DirNode) and p.children is not None
+                p.children[d["name"]] = node
+            nodes.append(node)
+        return nodes[0]
+    # version 1: nested "entries"
+    root = _one_node(doc["root"], staging, view)
+    stack = [(doc["root"], root)]
+    while stack:
+        d, node = stack.pop()
+        if isinstance(node, DirNode) and "entries" in d:
+            assert node.children is not None
+            for name, c in d["entries"].items():
+                child = _one_node(c, staging, view)
+                node.children[name] = child
+                stack.append((c, child))
+    return root
 
 
 def retry(ctx: Context, staging_dir: str | os.PathLike[str]) -> BundleRecord | None:
@@ -232,7 +307,7 @@ def retry(ctx: Context, staging_dir: str | os.PathLike[str]) -> BundleRecord | N
     repo = doc["repo"]
     base = resolve(ctx, repo, bundle=doc["base"]) if doc["base"] else None
     view = MutableView(ctx, base, staging)
-    root = _node_from_json(doc["root"], staging, view)
+    root = _root_from_manifest(doc, staging, view)
     assert isinstance(root, DirNode)
     view.root = root
     view.file_count = int(doc["file_count"])

@@ -10,6 +10,13 @@ of files costs nothing up front and memory follows what is visited. File bytes c
 the same read path as ``Context.open_file`` (``StoredFiles``): every chunk is verified and lands
 in the shared on-disk chunk cache. A chunk that fails verification becomes ``EIO`` and an error
 in the log naming the object, never wrong bytes.
+
+Whole files are proven by the rule of ``ContentStore.open_file`` (``cas/store.py``): opening
+checks the chunk list against the tree entry's size (EIO otherwise); chunks read in order are
+hashed as they pass, and before any byte of a file's last chunk is returned the whole file is
+proven against its key — by that running hash after a sequential read, else by one pass over
+its chunks. A file proven wrong is EIO for every later read and open. Trees are walked and
+looked up without recursion, whatever their depth.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ from hashlib import blake2b
 from itertools import accumulate
 from typing import TYPE_CHECKING, NamedTuple
 
+from datamon.cas.pack import Kind
+from datamon.cas.store import WholeFileCheck
 from datamon.cas.tree import EntryKind, TreeEntry
-from datamon.errors import DatamonError
+from datamon.errors import CorruptObject, DatamonError
 from datamon.fuse import DEFAULT_PREFETCH
 
 if TYPE_CHECKING:
@@ -204,6 +213,7 @@ class OpenFile:
     are serialised by ``lock``."""
 
     __slots__ = (
+        "check",
         "chunks",
         "ends",
         "entry",
@@ -215,10 +225,13 @@ class OpenFile:
         "window",
     )
 
-    def __init__(self, path: str, entry: TreeEntry, chunks: list[tuple[bytes, int]]) -> None:
+    def __init__(
+        self, path: str, entry: TreeEntry, chunks: list[tuple[bytes, int]], check: WholeFileCheck
+    ) -> None:
         self.path = path
         self.entry = entry
         self.chunks = chunks
+        self.check = check
         self.ends = list(accumulate(n for _, n in chunks))
         self.lock = threading.Lock()
         self.window: dict[int, bytes | Future[bytes]] = {}
@@ -258,9 +271,10 @@ class StoredFiles:
     def open(self, path: str, entry: TreeEntry) -> OpenFile:
         try:
             chunks = self._cas.file_chunks(entry.key, entry.size)
+            check = WholeFileCheck(self._cas, entry.key, chunks)
         except DatamonError as e:
             raise self._eio(path, e) from e
-        return OpenFile(path, entry, chunks)
+        return OpenFile(path, entry, chunks, check)
 
     def _eio(self, path: str, e: Exception) -> OSError:
         log.error("cannot read %s%s: %s", path, f" in {self.label}" if self.label else "", e)
@@ -286,6 +300,14 @@ class StoredFiles:
             try:
                 for i in range(first, last + 1):
                     data = self._chunk(h, i)
+                    if len(data) != h.chunks[i][1]:
+                        raise CorruptObject(
+                            h.entry.key.hex(),
+                            "file map",
+                            f"chunk {i} has {len(data)} bytes, the map says {h.chunks[i][1]}",
+                        )
+                    h.check.seen(i, data)
+                    h.check.before_return(i)
                     start = h.ends[i] - len(data)
                     pieces.append(Piece(data, max(offset, start) - start, min(end, h.ends[i]) - start))
             except (DatamonError, OSError) as e:
@@ -305,7 +327,7 @@ class StoredFiles:
             except Exception:  # fetch it again here: that raises the error for this read
                 got = None
         if got is None:
-            got = self._cas.reader.get(h.chunks[i][0])
+            got = self._cas.reader.get(h.chunks[i][0], Kind.CHUNK)
         h.window[i] = got
         return got
 
@@ -340,7 +362,7 @@ class StoredFiles:
 
     def _fetch(self, key: bytes) -> bytes:
         try:
-            return self._cas.reader.get(key)  # verified; fills the chunk cache
+            return self._cas.reader.get(key, Kind.CHUNK)  # verified; fills the chunk cache
         finally:
             with self._lock:
                 self._inflight.pop(key, None)

@@ -50,7 +50,13 @@ class ObjectIndexMixin(StoreBase):
         return out
 
     def add_pack(
-        self, name: str, size: int, entries: Sequence[PackEntry], *, replaces: Sequence[str] = ()
+        self,
+        name: str,
+        size: int,
+        entries: Sequence[PackEntry],
+        *,
+        replaces: Sequence[str] = (),
+        replace_keys: Sequence[bytes] = (),
     ) -> None:
         """Record a pack and index its objects, in one transaction.
 
@@ -59,7 +65,14 @@ class ObjectIndexMixin(StoreBase):
 
         ``replaces`` (gc repacking) names packs whose rows go in the same transaction, so a
         reader never finds a live object unindexed while its rows move to the new pack.
+
+        ``replace_keys`` (an upload that proved those rows wrong: a file map that is not the
+        file's, a row of the wrong kind or length) are keys whose existing rows are deleted in
+        the same transaction, so this pack's entries for them are inserted instead; a reader
+        finds either the old row or the new one, never none. Each must be a key of ``entries``.
         """
+        entry_keys = {bytes(e[0]) for e in entries}
+        doomed = [k for k in dict.fromkeys(bytes(k) for k in replace_keys) if k in entry_keys]
         pack_stmt = (
             self._insert(packs)
             .values(name=name, size=size, object_count=len(entries), created_ns=time.time_ns())
@@ -71,6 +84,8 @@ class ObjectIndexMixin(StoreBase):
                     conn.execute(delete(objects).where(objects.c.pack == old))
                     conn.execute(delete(packs).where(packs.c.name == old))
             conn.execute(pack_stmt)
+            for chunk in batches(doomed):
+                conn.execute(delete(objects).where(objects.c.key.in_(chunk)))
             if not entries:
                 return
             # A key repeated within the pack: its first entry wins. Key order keeps the b-tree
