@@ -463,8 +463,14 @@ def set_value(key: str, value: str) -> None:
 
 def get_value(key: str, default: Any = None) -> Any:
     data: Any = load()
-    for part in key.split("."):
-        if not isinstance(data, dict) or part not in data:
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(data, dict):
+            where = ".".join(parts[:i])
+            raise UsageError(
+                f"{config_path()}: {where!r} must be a table, not {data!r}", _fix_hint(config_path())
+            )
+        if part not in data:
             return default
         data = data[part]
     return data

@@ -163,19 +163,17 @@ def stderr(msg: str) -> None:
     click.echo(safe(msg), err=True)
 
 
+_RESUME: list[str] = []  # what to tell the user if this command is interrupted
+
+
 def _interrupted() -> None:
-    ctx = click.get_current_context(silent=True)
-    hint = "nothing already stored is lost; rerun the command to finish"
-    obj = (ctx.find_root().obj if ctx is not None else None) or {}
-    resume = obj.get("resume_hint") if isinstance(obj, dict) else None
-    stderr(f"interrupted: {resume or hint}")
+    hint = _RESUME[-1] if _RESUME else "nothing already stored is lost; rerun the command to finish"
+    stderr(f"interrupted: {hint}")
 
 
 def set_resume_hint(hint: str) -> None:
     """What to tell the user if this command is interrupted (Ctrl-C)."""
-    root = click.get_current_context().find_root()
-    root.ensure_object(dict)
-    root.obj["resume_hint"] = hint
+    _RESUME.append(hint)
 
 
 def _usage_line(e: click.ClickException) -> str:
@@ -193,6 +191,7 @@ def run(cli: click.Group, argv: list[str] | None) -> int:
     traceback is printed with secrets masked, and the exit code is 1."""
     from datamon.errors import DatamonError
 
+    _RESUME.clear()
     try:
         rv = cli.main(args=argv, prog_name="datamon", standalone_mode=False)
     except DatamonError as e:

@@ -180,8 +180,8 @@ def verified_fields(b: Any) -> Any:
     differ = record_mismatch(b, fields)
     if differ:
         raise IntegrityError(
-            f"bundle {b.id} in repo {b.repo!r}: its {', '.join(differ)} in the metadata database "
-            "differ from its record",
+            f"bundle {b.id} in repo {b.repo!r}: the metadata database's {', '.join(differ)} "
+            "do not match its record",
             "the database was edited; restore it from a backup, or delete the bundle",
         )
     return fields
