@@ -18,7 +18,8 @@ compressed), so a row cannot make a reader fetch or allocate more than the hones
 the row's raw length (a 131 KB frame can declare 1 TiB) and decompresses at most raw length
 bytes. Every object but a file map is checked against its key; a file map carries only its
 own checksum (see ``cas/filemap.py`` for what proves it). A reader also refuses an object
-whose row has the wrong kind for its use (``get(key, kind=...)``).
+whose row has the wrong kind for its use (``get_tree``, ``get_filemap``; ``get`` never
+returns a file map's bytes as content).
 """
 
 from __future__ import annotations
@@ -303,8 +304,9 @@ class PackWriter:
 class ObjectReader:
     """Verified reads of objects by key. Thread-safe.
 
-    ``max_chunk`` (the chunker's ``max_size``) bounds what a chunk row may claim. ``kind``
-    arguments name the kind the caller needs: a row of another kind is corruption."""
+    ``max_chunk`` (the chunker's ``max_size``) bounds what a chunk row may claim. ``get`` and
+    ``get_many`` return only bytes that hash to their key (a file map's row is corruption
+    there); ``get_tree`` and ``get_filemap`` also refuse a row of another kind."""
 
     def __init__(
         self,
@@ -359,18 +361,44 @@ class ObjectReader:
                 loc.key.hex(), f"pack {loc.pack}", f"indexed as kind {loc.kind} where kind {kind} is needed"
             )
 
-    def get(self, key: bytes, kind: int | None = None) -> bytes:
-        """The verified bytes of one object (of ``kind``, when given)."""
+    @staticmethod
+    def _refuse_map(loc: Location) -> None:
+        if loc.kind == Kind.FILEMAP:
+            raise CorruptObject(
+                loc.key.hex(), f"pack {loc.pack}", "indexed as a file map where content is needed"
+            )
+
+    def get(self, key: bytes) -> bytes:
+        """The verified bytes of one chunk or tree: bytes that hash to ``key``. A key indexed
+        as a file map (whose bytes do not hash to its key) is ``CorruptObject``."""
+        return self._get(key, None)
+
+    def get_tree(self, key: bytes) -> bytes:
+        """``get`` of a key that must be indexed as a tree."""
         with self._lock:
             small = self._small.get(key)
-        if small is not None and kind in (None, small[0]):
+        if small is None or small[0] != Kind.TREE:
+            self._check_kind(self.locate([key])[key], Kind.TREE)
+        return self.get(key)
+
+    def get_filemap(self, key: bytes) -> bytes:
+        """The checksummed bytes of a file map (not proven to be the file's: see filemap.py)."""
+        return self._get(key, Kind.FILEMAP)
+
+    def _get(self, key: bytes, kind: int | None) -> bytes:
+        with self._lock:
+            small = self._small.get(key)
+        if small is not None and small[0] == (kind or Kind.TREE):
             return small[1]
-        if self.cache is not None and kind in (None, Kind.CHUNK):
+        if self.cache is not None and kind is None:
             data = self.cache.get(key)  # hashed against the key on every hit
             if data is not None:
                 return data
         loc = self.locate([key])[key]
-        self._check_kind(loc, kind)
+        if kind is None:
+            self._refuse_map(loc)
+        else:
+            self._check_kind(loc, kind)
         data = self._fetch(loc)
         if loc.kind == Kind.CHUNK:
             if self.cache is not None:
@@ -416,22 +444,16 @@ class ObjectReader:
         return new
 
     def get_many(
-        self,
-        keys: Sequence[bytes],
-        *,
-        kind: int | None = None,
-        gap: int = 1 << 20,
-        span: int = 16 << 20,
+        self, keys: Sequence[bytes], *, gap: int = 1 << 20, span: int = 16 << 20
     ) -> Iterator[tuple[bytes, bytes]]:
         """Verified (key, bytes) for every distinct key, in pack order, fetching neighbouring
         objects of one pack with one ranged read (holes up to ``gap`` bytes are read through).
-        With ``kind``, a key indexed as another kind raises ``CorruptObject``."""
+        Like ``get``, only bytes that hash to their key: a file map's row is ``CorruptObject``."""
         distinct = list(dict.fromkeys(keys))
         found: list[tuple[bytes, bytes]] = []
         todo = []
-        use_cache = self.cache is not None and kind in (None, Kind.CHUNK)
         for k in distinct:
-            data = self.cache.get(k) if use_cache and self.cache is not None else None
+            data = self.cache.get(k) if self.cache is not None else None
             if data is None:
                 todo.append(k)
             else:
@@ -441,7 +463,7 @@ class ObjectReader:
             return
         locs = self.locate(todo)
         for loc in locs.values():
-            self._check_kind(loc, kind)
+            self._refuse_map(loc)
         yield from self.read_locations(locs.values(), gap=gap, span=span)
 
     def read_locations(

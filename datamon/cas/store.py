@@ -95,7 +95,7 @@ class ContentStore:
     def read_tree(self, key: bytes) -> list[TreeEntry]:
         """Entries of tree ``key``; ``CorruptObject`` naming it if its row is not a tree's or
         its bytes are not a valid tree (``decode_tree``)."""
-        raw = self.reader.get(key, Kind.TREE)
+        raw = self.reader.get_tree(key)
         try:
             return decode_tree(raw)
         except ValueError as e:
@@ -137,7 +137,7 @@ class ContentStore:
                 f"a map of {loc.raw_length} bytes cannot describe a file of {size} bytes",
             )
         try:
-            chunks = decode_filemap(self.reader.get(file_key, Kind.FILEMAP), self.max_chunk)
+            chunks = decode_filemap(self.reader.get_filemap(file_key), self.max_chunk)
         except ValueError as e:
             raise CorruptObject(file_key.hex(), "file map", str(e)) from None
         total = sum(n for _, n in chunks)
@@ -183,7 +183,7 @@ class ContentStore:
             yield batch
 
     def _window_bytes(self, file_key: bytes, batch: list[tuple[bytes, int]]) -> list[bytes]:
-        got = dict(self.reader.get_many([k for k, _ in batch], kind=Kind.CHUNK))
+        got = dict(self.reader.get_many([k for k, _ in batch]))
         out = []
         for k, n in batch:
             data = got[k]
@@ -217,7 +217,7 @@ class ContentStore:
         whole file's hash is checked *before the last piece is yielded* (``CorruptObject``)."""
         chunks = self.file_chunks(file_key, size)
         if len(chunks) == 1:
-            data = self.reader.get(file_key, Kind.CHUNK)
+            data = self.reader.get(file_key)
             if len(data) != size:
                 raise CorruptObject(file_key.hex(), "file", f"has {len(data)} bytes, the tree says {size}")
             yield data
@@ -241,7 +241,7 @@ class ContentStore:
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
         """Verified bytes of chunks (whole files of one chunk) by key. A key indexed as a
         file map or a tree is ``CorruptObject``: those bytes are not file content."""
-        return dict(self.reader.get_many(keys, kind=Kind.CHUNK))
+        return dict(self.reader.get_many(keys))
 
     def read_small_files(self, files: Sequence[tuple[bytes, int]]) -> dict[bytes, bytes]:
         """Verified contents of files of one chunk (or none) by key, given (file key, tree
@@ -344,7 +344,7 @@ class LazyFile(io.RawIOBase):
         cur = self._cur  # read once: another thread may replace it meanwhile
         if cur is None or cur[0] != i:
             key, n = self._chunks[i]
-            data = self._store.reader.get(key, Kind.CHUNK)
+            data = self._store.reader.get(key)
             if len(data) != n:
                 raise CorruptObject(
                     self.key.hex(), "file map", f"chunk {key.hex()} has {len(data)} bytes, the map says {n}"

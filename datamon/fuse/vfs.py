@@ -37,7 +37,6 @@ from hashlib import blake2b
 from itertools import accumulate
 from typing import TYPE_CHECKING, NamedTuple
 
-from datamon.cas.pack import Kind
 from datamon.cas.store import WholeFileCheck
 from datamon.cas.tree import EntryKind, TreeEntry
 from datamon.errors import CorruptObject, DatamonError
@@ -327,7 +326,7 @@ class StoredFiles:
             except Exception:  # fetch it again here: that raises the error for this read
                 got = None
         if got is None:
-            got = self._cas.reader.get(h.chunks[i][0], Kind.CHUNK)
+            got = self._cas.reader.get(h.chunks[i][0])
         h.window[i] = got
         return got
 
@@ -362,7 +361,7 @@ class StoredFiles:
 
     def _fetch(self, key: bytes) -> bytes:
         try:
-            return self._cas.reader.get(key, Kind.CHUNK)  # verified; fills the chunk cache
+            return self._cas.reader.get(key)  # verified; fills the chunk cache
         finally:
             with self._lock:
                 self._inflight.pop(key, None)
