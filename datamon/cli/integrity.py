@@ -55,11 +55,8 @@ def verify_cmd(
     else:
         for a in r.affected:
             p = a.problem
-            click.echo(
-                safe(
-                    f"{a.repo}\t{a.bundle[:12]}\t{a.path or '(record)'}\t{p.kind}: object {p.key} {p.detail}"
-                )
-            )
+            fields = (a.repo, a.bundle[:12], a.path or "(record)", f"{p.kind}: object {p.key} {p.detail}")
+            click.echo("\t".join(safe(f) for f in fields))
     stderr(
         f"verified {r.bundles} bundles ({'full' if full else 'fast'}): {r.objects} objects, "
         f"{human_size(r.bytes)} in {r.packs} packs, {r.seconds:.1f}s; "

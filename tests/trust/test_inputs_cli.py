@@ -133,6 +133,7 @@ def test_message_and_contributor_are_escaped_but_json_is_exact(dm, tmp_path: Pat
     for args in (["bundle", "list", "--repo", "q"], ["bundle", "get", "--repo", "q"]):
         out = dm(*args).out
         assert "\x1b" not in out and "\u202e" not in out and "\\x1b[31m" in out
+        assert "\t" in out or ": " in out  # the layout's own tabs are kept
     row = json.loads(dm("bundle", "list", "--repo", "q", "--json").out)
     assert row["message"] == evil
 
