@@ -316,7 +316,8 @@ class DatamonFileSystem(AbstractFileSystem):
             self,
             name,
             lazy,
-            on_close=lambda: self._remember(b, e, nchunks),
+            on_proof=(lambda: self._remember(b, e, nchunks)) if nchunks > 1 else None,
+            proven=lambda: b.ctx.cas.proof(e.key) is True,
             block_size=block_size,
             cache_options=cache_options,
             cache_type=kwargs.pop("cache_type", "none"),
@@ -348,7 +349,9 @@ class DatamonFileSystem(AbstractFileSystem):
 
 
 class DatamonFile(AbstractBufferedFile):
-    """A seekable read-only file over a ``LazyFile``: reads fetch only the chunks they cover."""
+    """A seekable read-only file over a ``LazyFile``: reads fetch only the chunks they cover.
+    ``on_proof`` runs once, as soon as a read has proven the whole file (readers such as
+    pyarrow do not always close their files)."""
 
     DEFAULT_BLOCK_SIZE = 1 << 20
 
@@ -358,13 +361,15 @@ class DatamonFile(AbstractBufferedFile):
         path: str,
         lazy: Any,
         *,
-        on_close: Any,
+        on_proof: Any,
+        proven: Any,
         block_size: int | None,
         cache_options: dict[str, Any] | None,
         cache_type: str,
     ) -> None:
         self._lazy = lazy
-        self._on_close = on_close
+        self._on_proof = on_proof
+        self._proven = proven
         super().__init__(
             fs,
             path,
@@ -377,10 +382,12 @@ class DatamonFile(AbstractBufferedFile):
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         data: bytes = self._lazy.pread(end - start, start)
+        if self._on_proof is not None and self._proven():
+            on_proof, self._on_proof = self._on_proof, None
+            on_proof()
         return data
 
     def close(self) -> None:
         if not self.closed:
             super().close()
             self._lazy.close()
-            self._on_close()

@@ -397,7 +397,7 @@ class PinUpdate:
 
 def plan_update(ctx: Context, pin: Pin) -> PinUpdate:
     """What re-resolving ``pin``'s label gives (a pin without a label stays); the counts are
-    the files (and empty directories) added, changed and deleted between the two bundles."""
+    the files (and symlinks) added, changed and deleted between the two bundles."""
     from datamon.api.bundles import resolve
     from datamon.api.diff import diff_entries
     from datamon.cas.tree import EntryKind, TreeEntry
@@ -413,6 +413,7 @@ def plan_update(ctx: Context, pin: Pin) -> PinUpdate:
 
     counts = {"A": 0, "U": 0, "D": 0}
     for c in diff_entries(ctx, root(pin.tree), root(b.tree)):
-        counts[c.op] += 1
+        if not c.path.endswith("/"):  # files and symlinks; an emptied directory is not a file
+            counts[c.op] += 1
     new = pin_of(pin.name, b, path=pin.path, label=pin.label, context=pin.context)
     return PinUpdate(pin, new, counts["A"], counts["U"], counts["D"])
