@@ -13,6 +13,7 @@ import pytest
 
 from datamon.api.context import Context, connect
 from tests.conftest import CliResult, make_tree
+from tests.teams.conftest import team  # noqa: F401  (the S3 + PostgreSQL fixture, for test_fs_team)
 
 Dm = Callable[..., CliResult]  # the `dm` fixture: runs the CLI in-process
 
