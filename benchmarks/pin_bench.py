@@ -138,7 +138,8 @@ def parquet_bench(work: Path, scale: float, repeat: int, counter: type[Counter])
     mb = size / MiB
 
     def row(t: float, b: int) -> str:
-        return f"{t:.2f} s, {b / MiB:.0f} MiB fetched ({100 * b / size:.0f}% of the file), {t_local / t:.0%} of local"
+        share = f"{100 * b / size:.0f}% of the file"
+        return f"{t:.2f} s, {b / MiB:.0f} MiB fetched ({share}), {t_local / t:.0%} of local"
 
     return [
         (f"local file ({mb:.0f} MiB), one of 8 columns", f"{t_local:.2f} s"),
@@ -151,10 +152,10 @@ def parquet_bench(work: Path, scale: float, repeat: int, counter: type[Counter])
 def csv_bench(work: Path, scale: float, repeat: int) -> list[tuple[str, str]]:
     import fsspec
     import pandas as pd
+    from mount_bench import build_files_bundle
 
     import datamon
     from datamon.api.context import Context
-    from mount_bench import build_files_bundle
 
     files = int(200_000 * scale)
     with datamon.connect() as ctx:
