@@ -32,7 +32,7 @@ import threading
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from itertools import accumulate
 
@@ -74,6 +74,7 @@ class ContentStore:
         self.pack_size = pack_size
         self.cache = ChunkCache(cache_dir, cache_bytes) if cache_dir else None
         self.reader = ObjectReader(blobs, index, self.cache, max_chunk=self.max_chunk)
+        self.full_passes = 0  # lazy proofs that needed a pass of their own (statistics, tests)
         self._proofs: OrderedDict[bytes, bool] = OrderedDict()
         self._proofs_lock = threading.Lock()
 
@@ -265,9 +266,17 @@ class WholeFileCheck:
     """The lazy whole-file proof of one open file (rule in the module docstring).
 
     Call ``seen(i, data)`` with chunk ``i``'s verified bytes as a read gets them, then
-    ``before_return(i)`` before returning any of those bytes. Thread-safe."""
+    ``before_return(i)`` before returning any of those bytes. With ``hash_pool`` (a
+    one-thread executor) the running hash is updated there, in order, off the reading
+    thread; ``before_return`` of the last chunk waits for it. Thread-safe."""
 
-    def __init__(self, store: ContentStore, file_key: bytes, chunks: Sequence[tuple[bytes, int]]) -> None:
+    def __init__(
+        self,
+        store: ContentStore,
+        file_key: bytes,
+        chunks: Sequence[tuple[bytes, int]],
+        hash_pool: Executor | None = None,
+    ) -> None:
         self.store = store
         self.key = file_key
         self.chunks = chunks
@@ -276,16 +285,28 @@ class WholeFileCheck:
         if not self.proven:
             store.refuse_if_disproven(file_key)
         self._hasher: Hasher | None = None if self.proven else Hasher()
-        self._next = 0  # chunks hashed so far, in order
+        self._pool = hash_pool
+        self._tail: Future[None] | None = None  # the newest update queued on hash_pool
+        self._next = 0  # chunks hashed (or queued for hashing) so far, in order
         self._lock = threading.Lock()
+
+    @property
+    def next_chunk(self) -> int:
+        """The chunk the running hash needs next (``len(chunks)`` when it has them all)."""
+        return len(self.chunks) if self.proven else self._next
 
     def seen(self, i: int, data: bytes) -> None:
         if self.proven:
             return
         with self._lock:
-            if i == self._next and self._hasher is not None:
-                self._hasher.update(data)
-                self._next += 1
+            hasher = self._hasher
+            if i != self._next or hasher is None:
+                return
+            self._next += 1
+            if self._pool is None:
+                hasher.update(data)
+            else:  # one thread: updates run in the order they are queued
+                self._tail = self._pool.submit(hasher.update, data)
 
     def before_return(self, i: int) -> None:
         """Raise ``CorruptObject`` if the file is proven wrong, proving it first if ``i`` is
@@ -298,14 +319,18 @@ class WholeFileCheck:
         with self._lock:
             if self.proven:
                 return
+            if self._tail is not None:
+                self._tail.result()
             if self._hasher is not None and self._next == len(self.chunks):
                 if self._hasher.digest() != self.key:
                     raise self.store._mismatch(self.key)
                 self.store.record_proof(self.key, True)
             else:
+                self.store.full_passes += 1
                 self.store.check_file(self.key, self.chunks)
             self.proven = True
             self._hasher = None
+            self._tail = None
 
 
 class LazyFile(io.RawIOBase):

@@ -55,6 +55,7 @@ DEFAULT_TREE_CACHE_ENTRIES = 250_000
 LOCATE_BATCH = 256  # chunk locations looked up per index query
 KEEP_BEHIND = 2  # chunks kept behind the reader: the kernel's parallel reads arrive out of order
 SEQUENTIAL_SLACK = 8 << 20  # a read starting this close to the previous one's end is "sequential"
+CATCH_UP = 4  # chunks the running whole-file hash fetches to catch up with out-of-order reads
 
 
 def oserror(code: int, path: str | None = None) -> OSError:
@@ -259,6 +260,9 @@ class StoredFiles:
             if self.prefetch
             else None
         )
+        # The running whole-file hashes of all handles, off the FUSE threads (one thread, so
+        # each handle's updates run in order).
+        self._hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datamon-hash")
         self._inflight: dict[bytes, Future[bytes]] = {}  # shared by handles on the same chunks
         self._lock = threading.Lock()
 
@@ -270,7 +274,7 @@ class StoredFiles:
     def open(self, path: str, entry: TreeEntry) -> OpenFile:
         try:
             chunks = self._cas.file_chunks(entry.key, entry.size)
-            check = WholeFileCheck(self._cas, entry.key, chunks)
+            check = WholeFileCheck(self._cas, entry.key, chunks, self._hash_pool)
         except DatamonError as e:
             raise self._eio(path, e) from e
         return OpenFile(path, entry, chunks, check)
@@ -297,14 +301,14 @@ class StoredFiles:
                 self._locate(h, first)
             pieces = []
             try:
+                behind = h.check.next_chunk
+                if behind < first <= behind + CATCH_UP:
+                    # Parallel kernel reads arrive a little out of order: hash the chunks the
+                    # running hash still needs (in the window, or about to be) so it keeps up.
+                    for j in range(behind, first):
+                        h.check.seen(j, self._checked_chunk(h, j))
                 for i in range(first, last + 1):
-                    data = self._chunk(h, i)
-                    if len(data) != h.chunks[i][1]:
-                        raise CorruptObject(
-                            h.entry.key.hex(),
-                            "file map",
-                            f"chunk {i} has {len(data)} bytes, the map says {h.chunks[i][1]}",
-                        )
+                    data = self._checked_chunk(h, i)
                     h.check.seen(i, data)
                     h.check.before_return(i)
                     start = h.ends[i] - len(data)
@@ -317,6 +321,13 @@ class StoredFiles:
             if sequential and self._pool is not None:
                 self._schedule(h, last + 1)
         return pieces
+
+    def _checked_chunk(self, h: OpenFile, i: int) -> bytes:
+        data = self._chunk(h, i)
+        if len(data) != h.chunks[i][1]:
+            detail = f"chunk {i} has {len(data)} bytes, the map says {h.chunks[i][1]}"
+            raise CorruptObject(h.entry.key.hex(), "file map", detail)
+        return data
 
     def _chunk(self, h: OpenFile, i: int) -> bytes:
         got = h.window.get(i)
@@ -369,6 +380,7 @@ class StoredFiles:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        self._hash_pool.shutdown(wait=True, cancel_futures=True)
 
 
 class BundleView:
