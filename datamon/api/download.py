@@ -222,7 +222,7 @@ def materialize(
                     localfs.write_all(fd, piece)
                 if n != e.size:
                     raise _size_error(e, n)
-                os.fchmod(fd, e.entry.mode & 0o777 & ~umask)
+                os.fchmod(fd, localfs.file_mode(e.entry.mode, umask))
                 os.utime(fd, ns=(e.entry.mtime_ns, e.entry.mtime_ns))
                 localfs.rename_into_place(dfd, tmp, parts[-1], replace=overwrite)
                 tmp = ""
@@ -236,12 +236,36 @@ def materialize(
             if st.st_size == e.size and st.st_mtime_ns == e.entry.mtime_ns:
                 written.append((os.path.join(dest, *parts), stat_key(st), e.entry.key))
 
+        def write_verified(w: localfs.DirWalker, parts: list[str], e: Entry, data: bytes) -> None:
+            """A small file whose bytes are in memory, verified (by the object reader) and
+            counted: under a name that is free it is created directly (``O_EXCL``, so the
+            name is ours and removed again if the write fails); else temp name + rename."""
+            if len(data) != e.size:
+                raise _size_error(e, len(data))
+            dfd = w.cd(parts[:-1])
+            fd = localfs.create_new(dfd, parts[-1])
+            if fd is None:
+                write(w, parts, e, [data])
+                return
+            try:
+                if data:
+                    localfs.write_all(fd, data)
+                os.fchmod(fd, localfs.file_mode(e.entry.mode, umask))
+                os.utime(fd, ns=(e.entry.mtime_ns, e.entry.mtime_ns))
+                st = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                localfs.unlink_quietly(dfd, parts[-1])
+                raise
+            os.close(fd)
+            written.append((os.path.join(dest, *parts), stat_key(st), e.entry.key))
+
         def do_batch(batch: list[tuple[list[str], Entry]]) -> None:
             got = cas.get_many([e.entry.key for _, e in batch if e.size])
             w = localfs.DirWalker(root)
             try:
                 for parts, e in batch:
-                    write(w, parts, e, [got[e.entry.key]] if e.size else [])
+                    write_verified(w, parts, e, got[e.entry.key] if e.size else b"")
             finally:
                 w.close()
             progress.advance(len(batch), sum(e.size for _, e in batch))
@@ -302,7 +326,7 @@ def materialize(
                     dfd = w.cd(parts)
                 except OSError:
                     continue  # replaced by a symlink of the bundle (a hostile duplicate name)
-                os.fchmod(dfd, localfs.dir_mode(e.entry.mode))
+                os.fchmod(dfd, localfs.dir_mode(e.entry.mode, umask))
                 os.utime(dfd, ns=(e.entry.mtime_ns, e.entry.mtime_ns))
         finally:
             w.close()

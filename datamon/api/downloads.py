@@ -45,6 +45,10 @@ class Registry:
         try:
             directory.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(directory / "downloads.db", timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "PRAGMA synchronous=NORMAL"
+            )  # no fsync per download; a lost row only means --force-dest
             db.execute(
                 "CREATE TABLE IF NOT EXISTS downloads (dest BLOB PRIMARY KEY, repo TEXT, bundle TEXT,"
                 " filter TEXT, dev INTEGER, ino INTEGER, complete INTEGER, adopted INTEGER, time_ns INTEGER)"

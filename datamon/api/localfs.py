@@ -29,45 +29,38 @@ def safe_parts(path: str) -> list[str]:
     """Components of a ``/``-separated bundle path; raises ``IntegrityError`` for a
     component that is empty, ``.``, ``..`` or contains NUL (a hostile or corrupt tree)."""
     parts = path.split("/")
-    for p in parts:
-        if p in ("", ".", "..") or "\x00" in p:
-            raise IntegrityError(
-                f"bundle path {path!r} has an unsafe component {p!r}",
-                "the store holds a hostile or corrupt tree; run `datamon verify --full`",
-            )
+    if "" in parts or "." in parts or ".." in parts or "\x00" in path:
+        bad = next((p for p in parts if p in ("", ".", "..") or "\x00" in p), "")
+        raise IntegrityError(
+            f"bundle path {path!r} has an unsafe component {bad!r}",
+            "the store holds a hostile or corrupt tree; run `datamon verify --full`",
+        )
     return parts
 
 
-_umask: int | None = None
-
-
 def umask() -> int:
-    """The process umask, read once (from /proc when possible: no window where it is 0)."""
-    global _umask
-    if _umask is None:
-        value = None
-        try:
-            with open("/proc/self/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"Umask:"):
-                        value = int(line.split()[1], 8)
-                        break
-        except (OSError, ValueError):
-            value = None
-        if value is None:
-            value = os.umask(0o022)
-            os.umask(value)
-        _umask = value
-    return _umask
+    """The process umask. Read once per download (not per file), from /proc when possible:
+    the ``os.umask`` trick has a moment where the umask is 0 for every thread."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    value = os.umask(0o022)
+    os.umask(value)
+    return value
 
 
-def file_mode(mode: int) -> int:
-    """A bundle mode as written locally: no setuid/setgid/sticky, the umask applied."""
-    return mode & 0o777 & ~umask()
+def file_mode(mode: int, umask: int) -> int:
+    """A bundle mode as written locally: no setuid/setgid/sticky, the umask applied (as tar
+    does for a user who is not root)."""
+    return mode & 0o777 & ~umask
 
 
-def dir_mode(mode: int) -> int:
-    return (mode & 0o777 or 0o755) & ~umask()
+def dir_mode(mode: int, umask: int) -> int:
+    return (mode & 0o777 or 0o755) & ~umask
 
 
 def open_root(dest: str) -> int:
@@ -174,7 +167,7 @@ class DirWalker:
             if not self.create:
                 raise
         except OSError as e:
-            if e.errno not in _IN_THE_WAY:
+            if e.errno not in _IN_THE_WAY or not self.create:
                 raise
             if not self.replace:
                 raise UsageError(
@@ -190,6 +183,8 @@ class DirWalker:
 
     def cd(self, parts: Sequence[str]) -> int:
         """The fd of directory ``parts`` (relative to the root)."""
+        if parts == self.names and self.fds and self.fds[-1] is not None:
+            return self.fds[-1]  # the common case: the same directory as the last file
         n = min(len(self.names), len(parts))
         i = 0
         while i < n and self.names[i] == parts[i]:
@@ -230,6 +225,15 @@ class DirWalker:
                 os.rmdir(cur[-1], dir_fd=parent)
         finally:
             self.create, self.replace = saved
+
+
+def create_new(dir_fd: int, name: str) -> int | None:
+    """``name`` created empty (mode 0600) with ``O_EXCL | O_NOFOLLOW``; None if something is
+    there already (a file, a directory or a symlink: nothing is followed or truncated)."""
+    try:
+        return os.open(name, O_NEWFILE, 0o600, dir_fd=dir_fd)
+    except FileExistsError:
+        return None
 
 
 def new_temp(dir_fd: int) -> tuple[int, str]:

@@ -1,0 +1,279 @@
+"""What datamon remembers about local directories: the stat cache (recorded when each file is
+closed), the download registry (update only in a download; an interrupted download resumes),
+``--files`` through symlinks, depth, growing files and names that are not UTF-8."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from datamon.api.context import connect
+from tests.conftest import make_tree
+
+
+def one_line(r, code: int) -> None:  # type: ignore[no-untyped-def]
+    assert r.code == code, r
+    assert r.err.startswith("error: "), r
+    assert r.err.count("\n") == 1, r
+    assert "Traceback" not in r.err
+
+
+def upload(dm, path: Path, label: str, *extra: object) -> str:  # type: ignore[no-untyped-def]
+    r = dm("bundle", "upload", "--repo", "r", "--path", path, "--message", label, "--label", label, *extra)
+    assert r.code == 0, r
+    return str(r.out.strip())
+
+
+def cat(ctx, bundle: str, path: str) -> bytes:  # type: ignore[no-untyped-def]
+    with ctx.open_file("r", path, bundle=bundle) as f:
+        return bytes(f.read())
+
+
+class EditMidway:
+    """A progress callback that, once the first batch is written, edits an already-written
+    file keeping its size and its mtime: only its ctime tells the edit apart."""
+
+    def __init__(self, path: Path, data: bytes) -> None:
+        self.path, self.data, self.done = path, data, False
+
+    def start(self, files: int, nbytes: int) -> None:
+        pass
+
+    def advance(self, files: int, nbytes: int) -> None:
+        if files and not self.done and self.path.exists():
+            st = self.path.stat()
+            self.path.write_bytes(self.data)
+            os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            self.done = True
+
+    def finish(self) -> None:
+        pass
+
+
+def test_edit_during_download_is_seen_by_diff_and_upload(
+    dm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import datamon.api.download as download_mod
+
+    monkeypatch.setattr(download_mod, "BATCH_FILES", 2)
+    src = make_tree(tmp_path / "src", {f"f{i}.txt": f"original {i}" for i in range(6)})
+    assert dm("repo", "create", "--repo", "r").code == 0
+    upload(dm, src, "v1")
+    out = tmp_path / "out"
+    edit = EditMidway(out / "f0.txt", b"EDITED   0")
+    with connect() as ctx:
+        ctx.download("r", out, label="v1", progress=edit, concurrency=1)
+    assert edit.done and (out / "f0.txt").read_bytes() == b"EDITED   0"
+    r = dm("bundle", "diff", "--repo", "r", "--label", "v1", "--destination", out)
+    assert r.code == 0 and r.out.split("\n")[0] == "U f0.txt", r
+    new = upload(dm, out, "v2")
+    with connect() as ctx:
+        assert cat(ctx, new, "f0.txt") == b"EDITED   0"
+        assert cat(ctx, new, "f1.txt") == b"original 1"
+
+
+def test_update_refuses_a_directory_that_is_not_a_download(dm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = make_tree(tmp_path / "src", {"a.txt": "a"})
+    assert dm("repo", "create", "--repo", "r").code == 0
+    upload(dm, src, "v1")
+    mine = make_tree(tmp_path / "mine", {"thesis.tex": "years of work", "data": {"x.csv": "1,2"}})
+    r = dm("bundle", "update", "--repo", "r", "--label", "v1", "--destination", mine)
+    one_line(r, 1)
+    assert "--force-dest" in r.err
+    assert (mine / "thesis.tex").read_text() == "years of work" and (mine / "data/x.csv").exists()
+    # --force-dest into it is allowed, but the directory stays "not datamon's"
+    assert (
+        dm("bundle", "download", "--repo", "r", "--label", "v1", "--destination", mine, "--force-dest").code
+        == 0
+    )
+    r = dm("bundle", "update", "--repo", "r", "--label", "v1", "--destination", mine)
+    one_line(r, 1)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    # a directory re-created under the name of a download is not that download
+    out = tmp_path / "out"
+    assert dm("bundle", "download", "--repo", "r", "--label", "v1", "--destination", out).code == 0
+    os.rename(out, tmp_path / "moved")
+    make_tree(out, {"other.txt": "someone else's"})
+    one_line(dm("bundle", "update", "--repo", "r", "--label", "v1", "--destination", out), 1)
+    assert (out / "other.txt").exists()
+    # the api's override
+    from datamon.api.diff import update
+
+    with connect() as ctx:
+        update(ctx, "r", out, label="v1", force=True)
+    assert sorted(os.listdir(out)) == ["a.txt"]
+    assert dm("bundle", "update", "--repo", "r", "--label", "v1", "--destination", out).code == 0
+
+
+class Interrupt:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def start(self, files: int, nbytes: int) -> None:
+        pass
+
+    def advance(self, files: int, nbytes: int) -> None:
+        if files:
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt
+
+    def finish(self) -> None:
+        pass
+
+
+def test_interrupted_download_resumes_and_can_be_updated(
+    dm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import datamon.api.download as download_mod
+
+    monkeypatch.setattr(download_mod, "BATCH_FILES", 2)
+    src = make_tree(tmp_path / "src", {"d": {f"f{i}.txt": f"{i}" * 100 for i in range(8)}, "top.txt": "t"})
+    assert dm("repo", "create", "--repo", "r").code == 0
+    upload(dm, src, "v1")
+    other = make_tree(tmp_path / "other", {"x.txt": "x"})
+    upload(dm, other, "v2")
+    out = tmp_path / "out"
+    with connect() as ctx, pytest.raises(KeyboardInterrupt):
+        ctx.download("r", out, label="v1", progress=Interrupt(), concurrency=1)
+    assert 0 < len(os.listdir(out / "d")) < 8
+    assert not [n for n in os.listdir(out / "d") if n.startswith(".datamon")]
+    assert sorted(os.listdir(tmp_path / "out")) == ["d"]  # no marker file in the destination
+    # a rerun of the same download finishes it
+    r = dm("bundle", "download", "--repo", "r", "--label", "v1", "--destination", out)
+    assert r.code == 0, r
+    assert sorted(os.listdir(out / "d")) == [f"f{i}.txt" for i in range(8)]
+    assert (out / "top.txt").read_text() == "t"
+    assert dm("bundle", "diff", "--repo", "r", "--label", "v1", "--destination", out).out == ""
+    # a download of another bundle into it says how to get there
+    r = dm("bundle", "download", "--repo", "r", "--label", "v2", "--destination", out)
+    one_line(r, 1)
+    assert "datamon bundle update --repo r --bundle" in r.err
+    # and update works on it (it is a registered download)
+    assert dm("bundle", "update", "--repo", "r", "--label", "v2", "--destination", out).code == 0
+    assert sorted(os.listdir(out)) == ["x.txt"]
+
+
+def test_listed_path_through_a_symlinked_directory_stores_the_link(dm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    outside = make_tree(tmp_path / "outside", {"private.key": "SECRET"})
+    src = make_tree(tmp_path / "src", {"a.txt": "a", "real": {"b.txt": "b"}})
+    os.symlink(outside, src / "lnk")
+    assert dm("repo", "create", "--repo", "r").code == 0
+    listing = tmp_path / "list.txt"
+    listing.write_text("lnk/private.key\na.txt\nreal/b.txt\n")
+    listed = upload(dm, src, "listed", "--files", listing)
+    plain = upload(dm, src, "plain")
+    files = lambda b: dm("bundle", "list", "files", "--repo", "r", "--bundle", b).out  # noqa: E731
+    assert "private.key" not in files(listed)
+    assert files(listed) == files(plain)
+    with connect() as ctx:
+        entries = {e.path: e.entry for e in ctx.entries("r", bundle=listed)}
+    assert entries["lnk"].is_symlink and entries["lnk"].target == str(outside)
+    assert "lnk/private.key" not in entries
+    out = tmp_path / "out"
+    assert dm("bundle", "download", "--repo", "r", "--bundle", listed, "--destination", out).code == 0
+    assert os.readlink(out / "lnk") == str(outside)
+    # NUL in a listed line: one line, exit 1
+    listing.write_bytes(b"a.txt\x00../../etc/passwd\n")
+    r = dm("bundle", "upload", "--repo", "r", "--path", src, "--message", "m", "--files", listing)
+    one_line(r, 1)
+
+
+def test_a_tree_1500_directories_deep(dm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    depth = 1500
+    src = tmp_path / "s"
+    src.mkdir()
+    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):  # os.makedirs and Path.mkdir(parents=True) recurse
+        os.mkdir("d", dir_fd=fd)
+        fd, old = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+        os.close(old)
+    os.close(fd)
+    deep = Path(src, *(["d"] * depth))
+    (deep / "leaf.txt").write_text("at the bottom")
+    (src / "top.txt").write_text("top")
+    assert dm("repo", "create", "--repo", "r").code == 0
+    v1 = upload(dm, src, "v1")
+    (deep / "leaf.txt").write_text("changed bottom")
+    v2 = upload(dm, src, "v2")
+    listed = dm("bundle", "list", "files", "--repo", "r", "--bundle", v1)
+    assert listed.code == 0 and "leaf.txt" in listed.out, listed
+    r = dm("bundle", "diff", "--repo", "r", f"{v1[:12]}..{v2[:12]}")
+    assert r.code == 0 and r.out.strip() == "U " + "d/" * depth + "leaf.txt", r
+    out = tmp_path / "o"
+    assert dm("bundle", "download", "--repo", "r", "--bundle", v1, "--destination", out).code == 0
+    leaf = Path(out, *(["d"] * depth), "leaf.txt")
+    assert leaf.read_text() == "at the bottom"
+    r = dm("bundle", "diff", "--repo", "r", "--bundle", v2, "--destination", out)
+    assert r.code == 0 and r.out.strip() == "U " + "d/" * depth + "leaf.txt", r
+    assert dm("bundle", "update", "--repo", "r", "--bundle", v2, "--destination", out).code == 0
+    assert leaf.read_text() == "changed bottom"
+    # a deep directory deleted by update (iteratively, without following anything)
+    flat = make_tree(tmp_path / "flat", {"top.txt": "top"})
+    upload(dm, flat, "flat")
+    assert dm("bundle", "update", "--repo", "r", "--label", "flat", "--destination", out).code == 0
+    assert sorted(os.listdir(out)) == ["top.txt"]
+
+
+def test_file_growing_after_the_scan_is_read_bounded(
+    dm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import datamon.api.upload as up
+
+    src = make_tree(tmp_path / "src", {"grows.log": "x" * 100, "same.txt": "s"})
+    big = os.urandom(1 << 20) * 3  # 3 MiB appended after the scan
+    real_scan = up.scan
+
+    def scan_then_grow(root, on_error):  # type: ignore[no-untyped-def]
+        top = real_scan(root, on_error)
+        with open(src / "grows.log", "ab") as f:
+            f.write(big)
+        return top
+
+    limits: list[int] = []
+    real_read = up._read_upto
+    monkeypatch.setattr(up, "scan", scan_then_grow)
+    monkeypatch.setattr(up, "_read_upto", lambda fd, n: limits.append(n) or real_read(fd, n))
+    assert dm("repo", "create", "--repo", "r").code == 0
+    bid = upload(dm, src, "v1")
+    assert max(limits) <= 101
+    with connect() as ctx:
+        assert cat(ctx, bid, "grows.log") == b"x" * 100 + big
+        entry = {e.path: e.entry for e in ctx.entries("r", bundle=bid)}["grows.log"]
+        assert entry.size == 100 + len(big)
+
+
+def test_names_that_are_not_utf8_round_trip(dm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "src"
+    src.mkdir()
+    bsrc = os.fsencode(src)
+    os.mkdir(bsrc + b"/r\xe9p")
+    for name, data in ((b"caf\xe9.txt", b"latin-1 name"), (b"r\xe9p/\xff\xfe.bin", b"two bad bytes")):
+        with open(bsrc + b"/" + name, "wb") as f:
+            f.write(data)
+    os.symlink(b"caf\xe9.txt", bsrc + b"/l\xe9nk")
+    assert dm("repo", "create", "--repo", "r").code == 0
+    bid = upload(dm, src, "v1")
+    out = tmp_path / "out"
+    assert dm("bundle", "download", "--repo", "r", "--bundle", bid, "--destination", out).code == 0
+    bout = os.fsencode(out)
+    assert sorted(os.listdir(bout)) == sorted(os.listdir(bsrc))
+    assert sorted(os.listdir(bout + b"/r\xe9p")) == [b"\xff\xfe.bin"]
+    with open(bout + b"/caf\xe9.txt", "rb") as f:
+        assert f.read() == b"latin-1 name"
+    assert os.readlink(bout + b"/l\xe9nk") == b"caf\xe9.txt"
+    r = dm("bundle", "diff", "--repo", "r", "--bundle", bid, "--destination", out)
+    assert r.code == 0 and r.out == "", r
+    with open(bout + b"/caf\xe9.txt", "wb") as f:
+        f.write(b"edited")
+    r = dm("bundle", "diff", "--repo", "r", "--bundle", bid, "--destination", out, "--json")
+    assert r.code == 0 and r.out.count("\n") == 1, r
+    assert dm("bundle", "update", "--repo", "r", "--bundle", bid, "--destination", out).code == 0
+    with open(bout + b"/caf\xe9.txt", "rb") as f:
+        assert f.read() == b"latin-1 name"
+    # the stat cache holds these names too: a re-upload reads nothing
+    with connect() as ctx:
+        assert ctx.upload("r", src, message="again").read_files == 0
+        assert ctx.upload("r", out, message="from the download").read_files == 0
