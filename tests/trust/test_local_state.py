@@ -181,7 +181,22 @@ def test_listed_path_through_a_symlinked_directory_stores_the_link(dm, tmp_path:
     one_line(r, 1)
 
 
-def test_a_tree_1500_directories_deep(dm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def deep_cleanup(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """pytest's own cleanup of old temporary directories (shutil.rmtree) recurses: remove the
+    deep trees here with datamon's iterative, fd-based removal."""
+    yield
+    from datamon.api.localfs import remove_at
+
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in os.listdir(tmp_path):
+            remove_at(fd, name)
+    finally:
+        os.close(fd)
+
+
+def test_a_tree_1500_directories_deep(dm, tmp_path: Path, deep_cleanup) -> None:  # type: ignore[no-untyped-def]
     depth = 1500
     src = tmp_path / "s"
     src.mkdir()
