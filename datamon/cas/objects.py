@@ -148,10 +148,12 @@ def _decompress(loc: Location, stored: bytes, where: str) -> bytes:
         declared = zstandard.frame_content_size(stored)
     except zstandard.ZstdError as e:
         raise CorruptObject(key, where, f"zstd frame header: {e}") from None
-    if declared == zstandard.CONTENTSIZE_ERROR:
+    # python-zstandard says -1 for "not declared" (the C library's CONTENTSIZE_UNKNOWN)
+    unknown = declared in (-1, zstandard.CONTENTSIZE_UNKNOWN)
+    if declared in (-2, zstandard.CONTENTSIZE_ERROR):
         raise CorruptObject(key, where, "zstd frame header is invalid")
     try:
-        if declared != zstandard.CONTENTSIZE_UNKNOWN:
+        if not unknown:
             if declared != loc.raw_length:
                 raise CorruptObject(
                     key, where, f"zstd frame declares {declared} bytes, index says {loc.raw_length}"
