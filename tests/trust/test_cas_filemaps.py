@@ -133,7 +133,7 @@ def test_every_reader_refuses_a_lying_map(tmp_path: Path) -> None:
 def test_random_access_then_last_chunk_runs_a_full_pass(tmp_path: Path) -> None:
     """A reader that jumps to the end still gets the proof (one pass over the chunks)."""
     with small_ctx(tmp_path / "s") as ctx:
-        fkey, chunks = store_file(ctx, F)
+        fkey, _ = store_file(ctx, F)
         f = ctx.cas.open_file(fkey, len(F))
         before = ctx.cas.full_passes
         assert f.pread(100, len(F) - 100) == F[-100:]
