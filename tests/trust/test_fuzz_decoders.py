@@ -162,7 +162,7 @@ def test_fuzz_packs(data: bytes) -> None:
         pass
     else:
         for e in entries:
-            assert 8 <= e.offset and e.offset + e.length <= len(data) - FOOTER.size - 52 * len(entries)
+            assert e.offset >= 8 and e.offset + e.length <= len(data) - FOOTER.size - 52 * len(entries)
             assert e.kind in (1, 2, 3) and e.compression in (0, 1) and 1 <= e.length <= e.raw_length
     # the pieces on their own, as verify reads them (footer, then index by ranged reads)
     try:
