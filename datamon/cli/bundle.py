@@ -365,17 +365,8 @@ def bundle_update(repo: str, bundle: str | None, label: str | None, destination:
     Example:
       datamon bundle update --repo mnist --label prod --destination ./mnist
     """
-    import inspect
-
     from datamon.api.diff import update
 
-    kw: dict[str, object] = {}
-    if force:
-        if "force" not in inspect.signature(update).parameters:
-            from datamon.errors import UsageError
-
-            raise UsageError("--force is not supported by this version of datamon")
-        kw["force"] = True
     r = update(
         open_context(),
         repo,
@@ -383,7 +374,7 @@ def bundle_update(repo: str, bundle: str | None, label: str | None, destination:
         bundle=bundle,
         label=label,
         progress=RichProgress("update"),
-        **kw,  # type: ignore[arg-type]
+        force=force,
     )
     counts = {op: sum(1 for c in r.changes if c.op == op) for op in "AUD"}
     stderr(f"updated {destination}: {counts['A']} added, {counts['U']} updated, {counts['D']} deleted")
