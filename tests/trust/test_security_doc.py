@@ -13,9 +13,7 @@ TRUST = ROOT / "tests" / "trust"
 
 def _test_names(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
-    return {
-        n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")
-    }
+    return {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
 
 
 def test_the_readme_links_the_threat_model() -> None:
