@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -211,15 +213,52 @@ def run(cli: click.Group, argv: list[str] | None) -> int:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:
+        line = os_error_line(e)
+        if line is None:
+            _bug()
+        stderr(line)
+        sys.exit(1)
     except RecursionError as e:  # a pathologically deep input; not worth a traceback
         stderr(f"error: input nested too deeply ({e})")
         sys.exit(1)
     except Exception:
-        import traceback
-
-        from datamon.config import redact_text
-
-        sys.stderr.write(redact_text(traceback.format_exc()))
-        stderr("error: this is a bug in datamon; please report it with the traceback above")
-        sys.exit(1)
+        _bug()
     return rv if isinstance(rv, int) else 0
+
+
+def _bug() -> NoReturn:
+    import traceback
+
+    from datamon.config import redact_text
+
+    sys.stderr.write(redact_text(traceback.format_exc()))
+    stderr("error: this is a bug in datamon; please report it with the traceback above")
+    sys.exit(1)
+
+
+_OS_HINTS: dict[int, str] = {
+    errno.ENOSPC: "free some space, or choose another destination, and rerun",
+    errno.EDQUOT: "free some space, or choose another destination, and rerun",
+    errno.EFBIG: "the file system cannot hold a file that large; choose another destination",
+    errno.EACCES: "check the permissions of that path, or choose another one",
+    errno.EPERM: "check the permissions of that path, or choose another one",
+    errno.EROFS: "that file system is read-only; choose another destination",
+    errno.ENAMETOOLONG: (
+        "the file system cannot hold that name (Linux allows 255 bytes); skip it with "
+        "--name-filter, or use a file system that can"
+    ),
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) and rerun",
+    errno.ENFILE: "too many open files on this machine: close some programs and rerun",
+}
+
+
+def os_error_line(e: OSError) -> str | None:
+    """One line for an error of the local file system that the user can fix (disk full,
+    permissions, a name too long for the file system); None for any other ``OSError``,
+    which is a bug."""
+    hint = _OS_HINTS.get(e.errno or 0)
+    if hint is None:
+        return None
+    where = f" {os.fsdecode(e.filename)!r}" if e.filename is not None else ""
+    return f"error: cannot use{where}: {e.strerror or e}; {hint}"
