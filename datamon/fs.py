@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -45,7 +44,6 @@ if TYPE_CHECKING:
     from datamon.cas.tree import TreeEntry
     from datamon.meta.records import BundleRecord
 
-_HEX_REF = re.compile(r"^[0-9a-fA-F]{6,64}$")
 TREES_MAX = 4096  # decoded directories kept per filesystem instance (immutable: keyed by tree key)
 READ_ONLY = "datamon:// is read-only; store new data with `datamon bundle upload`"
 
@@ -155,7 +153,7 @@ class DatamonFileSystem(AbstractFileSystem):
 
     def _bundle(self, top: str) -> _Bundle:
         """The bundle a top-level component names (cached; labels for ``ref_ttl`` seconds)."""
-        from datamon.api.bundles import resolve
+        from datamon.api.refs import ref_is_id, resolve_ref
 
         if not top:
             raise _not_found(top)
@@ -180,18 +178,8 @@ class DatamonFileSystem(AbstractFileSystem):
             else:
                 repo, _, ref = top.partition("@")
                 ctx = self._ctx(None)
-                if not ref:
-                    rec = resolve(ctx, repo)
-                    expires = now + self.ref_ttl
-                elif ref.startswith("label:"):
-                    rec = resolve(ctx, repo, label=ref[len("label:") :])
-                    expires = now + self.ref_ttl
-                elif _HEX_REF.match(ref):
-                    rec = resolve(ctx, repo, bundle=ref)
-                    expires = -1.0
-                else:
-                    rec = resolve(ctx, repo, label=ref)
-                    expires = now + self.ref_ttl
+                rec = resolve_ref(ctx, repo, ref or None)
+                expires = -1.0 if ref and ref_is_id(ref) else now + self.ref_ttl  # ids never move
                 b = _Bundle(ctx, rec)
         except NotFound as e:
             raise _not_found(top, e) from None

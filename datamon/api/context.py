@@ -8,7 +8,7 @@ context first; the methods here are the same verbs for notebooks and pipelines.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -18,6 +18,7 @@ from datamon.config import Contributor
 if TYPE_CHECKING:
     from datamon.api.bundles import Entry
     from datamon.api.download import DownloadResult
+    from datamon.api.runner import Run
     from datamon.api.upload import UploadResult
     from datamon.cas.store import ContentStore
     from datamon.meta.records import BundleRecord, LabelRecord, RepoRecord
@@ -136,6 +137,14 @@ class Context:
 
     def get_label(self, repo: str, label: str) -> LabelRecord:
         return self.meta.get_label(repo, label)
+
+    def run(self, inputs: Mapping[str, str], outputs: Mapping[str, str], **kw: Any) -> Run:
+        """A recorded pipeline step, for ``with``: ``r.input(name)`` is a directory holding that
+        input, ``r.output(name)`` a directory uploaded as a bundle when the block ends (nothing
+        is uploaded if it raises; the run is recorded either way). See ``api/runner.py``."""
+        from datamon.api.runner import Run
+
+        return Run(self, inputs, outputs, **kw)
 
 
 def check_ref(repo: str, bundle: str | None, label: str | None) -> None:

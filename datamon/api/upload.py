@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from datamon.api.localtree import LocalDir, LocalFile, check_root, scan, scan_listed
 from datamon.api.progress import NoProgress, Progress
+from datamon.api.refs import parent_id
 from datamon.api.statcache import StatCache, stat_key
 from datamon.errors import UsageError
 
@@ -100,7 +101,7 @@ def upload(
     root = check_root(path)
     errors = _Errors(skip_on_error)
     top = scan_listed(root, list(files), errors) if files is not None else scan(root, errors)
-    parent_ids = [meta.resolve_bundle(repo, p).id for p in parents] if parents else None
+    parent_ids = [parent_id(ctx, repo, p) for p in parents] if parents else None
     progress = progress or NoProgress()
     all_files = list(top.iter_files())
     progress.start(len(all_files), sum(f.st.st_size for f in all_files))

@@ -37,7 +37,13 @@ def _register() -> None:
 
     for group in (repo.repo, bundle.bundle, label.label, setup.context, setup.config):
         cli.add_command(group)
-    for extra in ("datamon.cli.integrity", "datamon.cli.mount", "datamon.cli.lfs", "datamon.cli.pin"):
+    for extra in (
+        "datamon.cli.integrity",
+        "datamon.cli.mount",
+        "datamon.cli.lfs",
+        "datamon.cli.pin",
+        "datamon.cli.run",
+    ):
         try:
             mod = __import__(extra, fromlist=["register"])
         except ModuleNotFoundError as e:

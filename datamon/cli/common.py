@@ -206,6 +206,10 @@ def run(cli: click.Group, argv: list[str] | None) -> int:
         stderr("aborted")
         sys.exit(1)
     except click.ClickException as e:
+        no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())
+        if isinstance(e, no_args) and getattr(e, "ctx", None) is not None:  # `datamon label`: its help
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
         stderr(_usage_line(e))
         sys.exit(1)
     except KeyboardInterrupt:

@@ -126,3 +126,48 @@ locks = Table(
     Column("holder", Text, nullable=False),
     Column("acquired_ns", BigInteger, nullable=False),
 )
+
+# Lineage (docs/lineage.md). A run's canonical record is in ``record`` (its BLAKE3 is the id) and in the
+# blob store under ``runs/<id>``; the other columns and the two link tables are derived from it so that
+# lineage walks and ``datamon query`` need no JSON parsing. Repos are named, not referenced: a run
+# outlives the bundles and repos it mentions.
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("exit_code", Integer, nullable=True),
+    Column("started_ns", BigInteger, nullable=False),
+    Column("ended_ns", BigInteger, nullable=False),
+    Column("command", Text, nullable=False),
+    Column("params", Text, nullable=False),
+    Column("contributor", Text, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("git_commit", String(64), nullable=True),
+    Column("git_dirty", SmallInteger, nullable=True),
+    Column("external", SmallInteger, nullable=False),
+    Column("record", LargeBinary, nullable=False),
+    Index("ix_runs_started", "started_ns"),
+)
+
+run_inputs = Table(
+    "run_inputs",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.id"), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("repo", String(255), nullable=False),
+    Column("bundle_id", String(64), nullable=False),
+    Column("tree", String(64), nullable=False),
+    Index("ix_run_inputs_bundle", "bundle_id"),
+)
+
+run_outputs = Table(
+    "run_outputs",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.id"), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("repo", String(255), nullable=False),
+    Column("bundle_id", String(64), nullable=False),
+    Column("tree", String(64), nullable=False),
+    Index("ix_run_outputs_bundle", "bundle_id"),
+)

@@ -19,6 +19,7 @@ from datamon.meta.base import BATCH, batches
 from datamon.meta.index import ObjectIndexMixin
 from datamon.meta.labels import ANY, LabelsMixin
 from datamon.meta.records import BundleRecord, RepoRecord
+from datamon.meta.runs import RunsMixin
 from datamon.meta.schema import bundle_parents, bundles, label_history, labels, lfs_objects, locks, repos
 from datamon.names import check_lookup, check_name, check_text
 
@@ -41,7 +42,7 @@ _BUNDLE_COLS: Final = (
 )
 
 
-class MetadataStore(LabelsMixin, ObjectIndexMixin):
+class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin):
     """The metadata database at one SQLAlchemy URL (``sqlite:///…`` or ``postgresql+psycopg://…``).
 
     Safe to share between threads; each method is one transaction. See ``base.py`` for how
@@ -181,6 +182,31 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin):
         if row is None:
             raise self._bundle_not_found(conn, repo, bundle_id)
         return self._bundle_records(conn, [row])[0]
+
+    def find_bundle(self, bundle_id: str) -> BundleRecord | None:
+        """The bundle with the full id ``bundle_id`` in whichever repo holds it, or ``None``."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(*_BUNDLE_COLS)
+                .join_from(bundles, repos, bundles.c.repo_id == repos.c.id)
+                .where(bundles.c.id == bundle_id)
+            ).all()
+            found = self._bundle_records(conn, rows)
+        return found[0] if found else None
+
+    def child_bundles(self, parent_ids: Sequence[str]) -> list[BundleRecord]:
+        """Bundles (of any repo) that have one of ``parent_ids`` as a parent."""
+        out: list[BundleRecord] = []
+        with self._read() as conn:
+            for page in batches(list(parent_ids)):
+                ids = select(bundle_parents.c.bundle_id).where(bundle_parents.c.parent_id.in_(page))
+                rows = conn.execute(
+                    select(*_BUNDLE_COLS)
+                    .join_from(bundles, repos, bundles.c.repo_id == repos.c.id)
+                    .where(bundles.c.id.in_(ids))
+                ).all()
+                out += self._bundle_records(conn, rows)
+        return out
 
     def get_bundle(self, repo: str, bundle_id: str) -> BundleRecord:
         """The bundle with exactly this id in ``repo``. Raises ``NotFound`` (repo or bundle)."""
