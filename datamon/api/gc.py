@@ -78,6 +78,7 @@ class GcReport:
     adopted_objects: int = 0  # reachable objects re-indexed from orphan packs
     restored_objects: int = 0  # hidden rows put back because an upload started using them
     temporaries: int = 0  # stale temporaries (of writers killed mid-write) removed from a local store
+    run_inputs: int = 0  # trees kept only because a run that produced an output read them (lineage)
     freed_bytes: int = 0  # blob store bytes given back (or that would be, with dry_run)
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)  # packs left alone because of a problem
@@ -169,8 +170,13 @@ def gc(
     grace_ns: int = DEFAULT_GRACE_NS,
     dry_run: bool = False,
     repack_ratio: float = DEFAULT_REPACK_RATIO,
+    keep_run_inputs: bool = True,
 ) -> GcReport:
     """Remove what no bundle reaches and that has been unused for ``grace_ns``.
+
+    The inputs of every recorded run that produced an output are kept too, even after their
+    bundles were deleted (so such a run can still be reproduced), unless ``keep_run_inputs`` is
+    False (``gc --drop-run-inputs``).
 
     Raises ``Conflict`` (exit 3) if another gc or reindex holds the lock, ``IntegrityError``
     (exit 4, before removing anything) if a reachable object is missing or unreadable.
@@ -181,14 +187,24 @@ def gc(
     lock = GcLock(ctx.meta)
     lock.acquire()
     try:
-        return _Collector(ctx, grace_ns, dry_run, repack_ratio, lock).run()
+        return _Collector(ctx, grace_ns, dry_run, repack_ratio, lock, keep_run_inputs).run()
     finally:
         lock.release()
 
 
 class _Collector:
-    def __init__(self, ctx: Context, grace_ns: int, dry_run: bool, repack_ratio: float, lock: GcLock) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        grace_ns: int,
+        dry_run: bool,
+        repack_ratio: float,
+        lock: GcLock,
+        keep_run_inputs: bool,
+    ) -> None:
         self.ctx = ctx
+        self.keep_run_inputs = keep_run_inputs
+        self._bundle_trees: set[str] = set()
         self.meta = ctx.meta
         self.blobs = ctx.cas.blobs
         self.pack_size = ctx.cas.pack_size
@@ -227,6 +243,11 @@ class _Collector:
             if b.id not in seen:
                 seen.add(b.id)
                 roots.append((bytes.fromhex(b.tree), Kind.TREE))
+        if self.keep_run_inputs:  # lineage: what a recorded step read stays reproducible
+            self._bundle_trees.update(k.hex() for k, _ in roots)
+            extra = [t for t in self.meta.run_input_trees() if t not in self._bundle_trees]
+            self.report.run_inputs = len(extra)
+            roots += [(bytes.fromhex(t), Kind.TREE) for t in extra]
         # Git LFS objects are named by the lfs_objects table, not by any bundle.
         lfs = getattr(self.meta, "iter_lfs_file_keys", None)
         if lfs is not None:

@@ -3,8 +3,9 @@
 The recovery path when the metadata database is lost, or restored from a backup older than
 the blob store. Every pack blob's footer and index are read (two ranged reads per pack) and
 recorded with ``add_pack``, which keeps rows that exist, so running it again changes
-nothing. Bundles, labels and repos are not in the blob store: they come back only with a
-backup of the database.
+nothing. Run records (lineage) are in the blob store too (``runs/<id>``): their rows are
+rebuilt from those blobs, and a row whose blob copy is missing gets it back. Bundles, labels and
+repos are not in the blob store: they come back only with a backup of the database.
 
 A pack may hold objects gc had already dropped from the index (garbage it had not rewritten
 yet). Putting those back is harmless, except for a file map whose chunks gc has since
@@ -34,6 +35,9 @@ class ReindexReport:
     objects: int = 0  # objects listed by the packs
     added: int = 0  # index rows added
     dropped_filemaps: int = 0  # file maps put back and dropped again: a chunk is gone
+    runs: int = 0  # run records found in the blob store
+    added_runs: int = 0  # run rows rebuilt from them
+    restored_run_blobs: int = 0  # blob copies written back from run rows
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)  # unreadable packs, left alone
 
@@ -76,6 +80,7 @@ def reindex(ctx: Context) -> ReindexReport:
                 report.added += len(new)
                 added_filemaps += [(e[0], pack, *e[1:]) for e in new if e[4] == Kind.FILEMAP]
         report.dropped_filemaps = _drop_dangling_filemaps(ctx, added_filemaps, report)
+        _reindex_runs(ctx, report)
     finally:
         lock.release()
     report.seconds = time.perf_counter() - t0
@@ -105,3 +110,26 @@ def _drop_dangling_filemaps(
     if dangling:
         ctx.meta.remove_objects(sorted(dangling))
     return len(dangling)
+
+
+def _reindex_runs(ctx: Context, report: ReindexReport) -> None:
+    from datamon.api.runs import RUN_BLOB_PREFIX, from_row, load_run_blobs, row_of
+    from datamon.errors import IntegrityError
+
+    good, bad = load_run_blobs(ctx)
+    report.runs = len(good)
+    report.problems += [f"run record {name}: does not hash to its name; left alone" for name in bad]
+    on_blobs = {r.id for r in good}
+    for r in good:
+        if ctx.meta.add_run(row_of(r)):
+            report.added_runs += 1
+    for row in ctx.meta.iter_all_runs():
+        if row.id in on_blobs:
+            continue
+        try:
+            r = from_row(row)
+        except IntegrityError as e:
+            report.problems.append(e.message)
+            continue
+        ctx.cas.blobs.put(RUN_BLOB_PREFIX + r.id, r.raw)
+        report.restored_run_blobs += 1

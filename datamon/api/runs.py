@@ -298,7 +298,7 @@ def check_run(raw: bytes, run_id: str) -> RunRecord:
     return decode_run(raw, run_id)
 
 
-def _row(r: RunRecord) -> RunRow:
+def row_of(r: RunRecord) -> RunRow:
     return RunRow(
         id=r.id,
         status=r.status,
@@ -321,14 +321,14 @@ def _row(r: RunRecord) -> RunRow:
 def store_run(ctx: Context, r: RunRecord) -> str:
     """Write a run: blob ``runs/<id>`` first, then its rows. Idempotent; returns the id."""
     ctx.cas.blobs.put(RUN_BLOB_PREFIX + r.id, r.raw)
-    ctx.meta.add_run(_row(r))
+    ctx.meta.add_run(row_of(r))
     return r.id
 
 
 def from_row(row: RunRow) -> RunRecord:
     """The record of a row, checked against the row's id and columns (``IntegrityError``)."""
     r = check_run(row.record, row.id)
-    if _row(r) != row:
+    if row_of(r) != row:
         raise _damaged(row.id, "its columns differ from its record")
     return r
 
@@ -366,3 +366,34 @@ def load_run_blobs(ctx: Context) -> tuple[list[RunRecord], list[str]]:
         except IntegrityError:
             bad.append(name)
     return good, bad
+
+
+def run_problems(ctx: Context, repo: str | None = None) -> tuple[int, list[tuple[str, str, str]]]:
+    """Check every run (those touching ``repo`` if given): the record hashes to its id and agrees
+    with its rows, its blob copy exists (what ``admin reindex`` rebuilds from), and the bundles it
+    names still exist. Returns (runs checked, [(run id, problem kind, detail)])."""
+    rows = ctx.meta.list_runs(repo) if repo is not None else list(ctx.meta.iter_all_runs())
+    out: list[tuple[str, str, str]] = []
+    known: dict[str, bool] = {}
+    blobs = ctx.cas.blobs
+    for row in rows:
+        try:
+            r = from_row(row)
+        except IntegrityError as e:
+            out.append((row.id, "run-record", e.message))
+            continue
+        if blobs.size(RUN_BLOB_PREFIX + r.id) is None:
+            out.append((r.id, "run-blob-missing", f"no copy at {RUN_BLOB_PREFIX}{r.id} in the blob store"))
+        for what, links in (("input", r.inputs), ("output", r.outputs)):
+            for k in links:
+                if k.bundle not in known:
+                    known[k.bundle] = ctx.meta.find_bundle(k.bundle) is not None
+                if not known[k.bundle]:
+                    out.append(
+                        (
+                            r.id,
+                            "run-bundle-missing",
+                            f"{what} {k.name}: bundle {k.bundle} of {k.repo} is gone",
+                        )
+                    )
+    return len(rows), out

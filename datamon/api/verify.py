@@ -100,10 +100,12 @@ class VerifyReport:
     problems: dict[str, Problem] = field(default_factory=dict)
     affected: list[Affected] = field(default_factory=list)
     dropped_rows: int = 0  # index rows removed by ``repair``
+    runs: int = 0  # run records checked (lineage)
+    run_problems: list[Problem] = field(default_factory=list)  # key: run id
 
     @property
     def ok(self) -> bool:
-        return not self.problems and not self.affected
+        return not self.problems and not self.affected and not self.run_problems
 
     def summary(self) -> dict[str, object]:
         return {
@@ -116,6 +118,8 @@ class VerifyReport:
             "problems": len(self.problems),
             "affected_paths": len(self.affected),
             "dropped_rows": self.dropped_rows,
+            "runs": self.runs,
+            "run_problems": len(self.run_problems),
             "seconds": round(self.seconds, 3),
         }
 
@@ -408,6 +412,11 @@ def verify(
     for b in bundles:
         if b.id in record_problems:
             report.affected.append(Affected(b.repo, b.id, "", record_problems[b.id]))
+    if not (bundle or label):
+        from datamon.api.runs import run_problems
+
+        report.runs, found = run_problems(ctx, repo)
+        report.run_problems = [Problem(rid, kind, detail) for rid, kind, detail in found]
     if repair and reach.bad:
         report.dropped_rows = _repair(ctx, reach)
     report.seconds = time.perf_counter() - t0

@@ -398,6 +398,12 @@ def bundle_delete(repo: str, bundle: str, force_yes: bool) -> None:
 
     dm = open_context()
     b = resolve(dm, repo, bundle=bundle)
+    used = dm.meta.runs_with_input([b.id])
+    if used:
+        stderr(
+            f"warning: {len(used)} recorded run(s) read this bundle (run {used[0].id[:12]}…); `datamon gc` "
+            "keeps its data for them unless given --drop-run-inputs"
+        )
     if not force_yes:
         if not sys.stdin.isatty():
             raise UsageError(

@@ -51,19 +51,30 @@ def verify_cmd(
             _json_line({"type": "affected", **a.as_dict()})
         for key, p in sorted(r.problems.items()):
             _json_line({"type": "problem", "object": key, "problem": p.kind, "detail": p.detail})
+        for p in r.run_problems:
+            _json_line({"type": "run", "run": p.key, "problem": p.kind, "detail": p.detail})
         _json_line({"type": "summary", **r.summary()})
     else:
         for a in r.affected:
             p = a.problem
             fields = (a.repo, a.bundle[:12], a.path or "(record)", f"{p.kind}: object {p.key} {p.detail}")
             click.echo("\t".join(safe(f) for f in fields))
+        for p in r.run_problems:
+            click.echo("\t".join(safe(f) for f in ("(run)", p.key[:12], "", f"{p.kind}: {p.detail}")))
     stderr(
         f"verified {r.bundles} bundles ({'full' if full else 'fast'}): {r.objects} objects, "
         f"{human_size(r.bytes)} in {r.packs} packs, {r.seconds:.1f}s; "
         + ("no problems" if r.ok else f"{len(r.problems)} bad objects, {len(r.affected)} paths affected")
+        + (f"; {r.runs} runs, {len(r.run_problems)} with problems" if r.runs else "")
     )
     if r.dropped_rows:
         stderr(f"repair: dropped {r.dropped_rows} index rows; upload the original data again to restore them")
+    if not r.ok and not r.problems and not r.affected:
+        raise IntegrityError(
+            f"{len(r.run_problems)} run record problems",
+            "see the runs above: `datamon admin reindex` restores missing blob copies of runs; a run whose "
+            "bundles were deleted keeps its record",
+        )
     if not r.ok:
         raise IntegrityError(
             f"{len(r.problems)} objects are missing or damaged",
@@ -82,9 +93,14 @@ def verify_cmd(
     "Must exceed your longest upload.",
 )
 @click.option("--dry-run", is_flag=True, help="Report what would be removed; change nothing.")
+@click.option(
+    "--drop-run-inputs",
+    is_flag=True,
+    help="Also remove deleted bundles that recorded runs read (their runs can no longer be reproduced).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @context_option
-def gc_cmd(grace: str, dry_run: bool, as_json: bool) -> None:
+def gc_cmd(grace: str, dry_run: bool, drop_run_inputs: bool, as_json: bool) -> None:
     """Remove objects no bundle of any repo reaches, and give their space back.
 
     Packs that are entirely garbage are deleted; packs partly garbage are rewritten. Nothing
@@ -98,7 +114,9 @@ def gc_cmd(grace: str, dry_run: bool, as_json: bool) -> None:
     """
     from datamon.api.gc import gc, parse_duration
 
-    r = gc(open_context(), grace_ns=parse_duration(grace), dry_run=dry_run)
+    r = gc(
+        open_context(), grace_ns=parse_duration(grace), dry_run=dry_run, keep_run_inputs=not drop_run_inputs
+    )
     if as_json:
         _json_line(r.as_dict())
     would = "would free" if dry_run else "freed"
@@ -112,6 +130,7 @@ def gc_cmd(grace: str, dry_run: bool, as_json: bool) -> None:
         f"in {r.seconds:.1f}s"
         + (f"; {r.adopted_objects} objects re-indexed from orphan packs" if r.adopted_objects else "")
         + (f"; {r.restored_objects} kept for running uploads" if r.restored_objects else "")
+        + (f"; kept {r.run_inputs} deleted bundle(s) that recorded runs read" if r.run_inputs else "")
     )
 
 
@@ -142,7 +161,9 @@ def reindex_cmd(as_json: bool) -> None:
         stderr(f"problem: {p}")
     stderr(
         f"reindexed {r.packs} packs ({r.new_packs} new to the index), {r.objects} objects: "
-        f"{r.added} index rows added, {r.dropped_filemaps} incomplete file maps dropped, in {r.seconds:.1f}s"
+        f"{r.added} index rows added, {r.dropped_filemaps} incomplete file maps dropped; "
+        f"{r.runs} run records ({r.added_runs} rows rebuilt, {r.restored_run_blobs} blob copies restored), "
+        f"in {r.seconds:.1f}s"
     )
 
 
