@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Install what the test suite needs on Debian 12 (run as root; CI-safe: idempotent, no prompts).
-#   system: FUSE 2+3 libraries, git-lfs, PostgreSQL server, b3sum
+#   system: FUSE 2+3 libraries, git-lfs, PostgreSQL server, b3sum, graphviz (lineage --format dot)
 #   python: datamon in editable mode with its [test] extras
 # Debian's `fuse` package is deliberately not installed: it conflicts with fuse3.
 set -euo pipefail
 
-APT_PACKAGES=(fuse3 libfuse3-3 libfuse2 git-lfs postgresql b3sum)
+APT_PACKAGES=(fuse3 libfuse3-3 libfuse2 git-lfs postgresql b3sum graphviz)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -47,7 +47,7 @@ def reproduce(
         )
     run = Run(
         ctx,
-        [InputSpec(i.name, i.repo, i.bundle) for i in old.inputs],
+        [InputSpec(i.name, i.repo, i.bundle, i.tree) for i in old.inputs],
         [OutputSpec(o.name, o.repo) for o in old.outputs],
         params=old.params,
         label=label,

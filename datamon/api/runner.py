@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from datamon.api.runs import LINK_NAME, RunRecord, encode_run, store_run
-from datamon.errors import UsageError
+from datamon.errors import NotFound, UsageError
 from datamon.meta.runs import RunLink
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class InputSpec:
     name: str
     repo: str
     ref: str | None  # label, id prefix, label:NAME; None = latest
+    tree: str | None = None  # a recorded input (reproduce): its root tree, if its bundle row is gone
 
 
 @dataclass(frozen=True)
@@ -120,11 +121,22 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _download(ctx: Context, link: RunLink, path: str) -> None:
+def _download(ctx: Context, link: RunLink, path: str, *, row_gone: bool = False) -> None:
+    """Download input ``link`` into ``path``. A recorded input whose bundle was deleted (gc keeps
+    the data that recorded runs read) is written from its recorded root tree; every object is
+    verified on the way as in any download."""
     from datamon.api.download import download
 
-    download(ctx, link.repo, path, bundle=link.bundle)
-    return None
+    if not row_gone:
+        download(ctx, link.repo, path, bundle=link.bundle)
+        return
+    from datamon.api.bundles import iter_entries
+    from datamon.api.download import materialize
+    from datamon.meta.records import BundleRecord
+
+    shape = BundleRecord(link.bundle, link.repo, link.tree, (), "", "", "", 0, 0, 0, b"")
+    os.makedirs(path, exist_ok=True)
+    materialize(ctx, path, iter_entries(ctx, shape))
 
 
 class Run:
@@ -175,6 +187,7 @@ class Run:
         self.scratch: str | None = None
         self.start_ns = 0
         self._detach: list[Callable[[], None]] = []
+        self._gone: set[str] = set()  # inputs whose bundle row was deleted (written from the recorded tree)
         self.record: RunRecord | None = None
 
     # -- paths the step uses ---------------------------------------------------------------
@@ -213,8 +226,16 @@ class Run:
         for o in self.outputs:
             self.ctx.meta.get_repo(o.repo)  # NotFound before anything runs
         self.links = []
+        gone = self._gone = set()
         for i in self.inputs:
-            b = resolve_ref(self.ctx, i.repo, i.ref)
+            try:
+                b = resolve_ref(self.ctx, i.repo, i.ref)
+            except NotFound:
+                if i.tree is None or i.ref is None or len(i.ref) != 64:
+                    raise
+                self.links.append(RunLink(i.name, i.repo, i.ref, i.tree))
+                gone.add(i.name)
+                continue
             self.links.append(RunLink(i.name, b.repo, b.id, b.tree))
         self.scratch = tempfile.mkdtemp(prefix="datamon-run-", dir=self.scratch_dir)
         try:
@@ -224,8 +245,8 @@ class Run:
                 os.mkdir(self.output(o.name))
             for link in self.links:
                 path = self.input(link.name)
-                if self.attach is None:
-                    _download(self.ctx, link, path)
+                if self.attach is None or link.name in gone:
+                    _download(self.ctx, link, path, row_gone=link.name in gone)
                 else:
                     detach = self.attach(self.ctx, link, path)
                     if detach is not None:
@@ -255,7 +276,8 @@ class Run:
         from datamon.api.upload import upload
 
         self._detach_all()  # inputs first: a mount must not outlive the step
-        parents = list(dict.fromkeys(link.bundle for link in self.links))
+        # inputs whose bundle was deleted (a reproduction) are in the run record, not parents
+        parents = list(dict.fromkeys(k.bundle for k in self.links if k.name not in self._gone))
         out = []
         what = shlex.join(self.command)
         for o in self.outputs:
