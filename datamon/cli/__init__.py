@@ -37,19 +37,9 @@ def _register() -> None:
 
     for group in (repo.repo, bundle.bundle, label.label, setup.context, setup.config):
         cli.add_command(group)
-    for extra in (
-        "datamon.cli.integrity",
-        "datamon.cli.mount",
-        "datamon.cli.lfs",
-        "datamon.cli.pin",
-        "datamon.cli.run",
-    ):
-        try:
-            mod = __import__(extra, fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name != extra:
-                raise
-            continue
+    from datamon.cli import integrity, lfs, mount, pin, retention, run
+
+    for mod in (integrity, mount, lfs, pin, run, retention):
         mod.register(cli)
 
 
