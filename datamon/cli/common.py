@@ -45,9 +45,25 @@ def open_context() -> Context:
         from datamon.api.context import connect
 
         obj["dm"] = connect(obj.get("context_name"))
-        root.call_on_close(obj["dm"].close)
+        root.call_on_close(lambda: _close_uninterrupted(obj["dm"]))
     dm: Context = obj["dm"]
     return dm
+
+
+def _close_uninterrupted(dm: Context) -> None:
+    """Close the stores with Ctrl-C held off: the command's work is done, and a SIGINT landing
+    inside a database driver's close would print the driver's own traceback."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        dm.close()
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        dm.close()
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def concurrency_option(f: Callable[..., Any]) -> Callable[..., Any]:
