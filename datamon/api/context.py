@@ -92,7 +92,8 @@ class Context:
 
     # -- the verbs, for notebooks ----------------------------------------------------------
     def create_repo(self, repo: str, description: str = "") -> RepoRecord:
-        return self.meta.create_repo(repo, description)
+        who = self.contributor
+        return self.meta.create_repo(repo, description, creator_name=who.name, creator_email=who.email)
 
     def list_repos(self) -> list[RepoRecord]:
         return self.meta.list_repos()

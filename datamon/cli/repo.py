@@ -15,11 +15,15 @@ def _row(r: object) -> dict[str, object]:
         "description": r.description,  # type: ignore[attr-defined]
         "time": iso(r.created_ns),  # type: ignore[attr-defined]
         "bundles": r.bundle_count,  # type: ignore[attr-defined]
+        "creator": r.creator_name,  # type: ignore[attr-defined]
+        "creator_email": r.creator_email,  # type: ignore[attr-defined]
     }
 
 
 def _text(row: dict[str, object]) -> str:
-    return f"{row['name']}\t{row['time']}\t{row['bundles']} bundles\t{row['description']}"
+    who = f"{row['creator']} <{row['creator_email']}>" if row["creator"] or row["creator_email"] else "-"
+    size = f"\t{row['size']} B logical, {row['stored']} B stored" if "size" in row else ""
+    return f"{row['name']}\t{row['time']}\t{row['bundles']} bundles\t{who}\t{row['description']}{size}"
 
 
 @click.group()
@@ -38,7 +42,7 @@ def repo_create(repo: str, description: str) -> None:
     Example:
       datamon repo create --repo mnist --description "handwritten digits"
     """
-    open_context().meta.create_repo(repo, description)
+    open_context().create_repo(repo, description)
     stderr(f"created repo {repo}")
 
 

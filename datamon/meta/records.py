@@ -11,6 +11,8 @@ class RepoRecord:
     description: str
     created_ns: int
     bundle_count: int = 0
+    creator_name: str = ""
+    creator_email: str = ""
 
 
 @dataclass(frozen=True)

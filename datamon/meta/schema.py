@@ -33,6 +33,8 @@ repos = Table(
     Column("name", String(255), nullable=False, unique=True),
     Column("description", Text, nullable=False, server_default=""),
     Column("created_ns", BigInteger, nullable=False),
+    Column("creator_name", Text, nullable=False, server_default=""),
+    Column("creator_email", Text, nullable=False, server_default=""),
 )
 
 bundles = Table(

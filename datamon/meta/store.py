@@ -49,15 +49,25 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin):
     concurrent writers (threads, processes, hosts) are kept apart.
     """
 
-    def create_repo(self, name: str, description: str = "") -> RepoRecord:
+    def create_repo(
+        self, name: str, description: str = "", *, creator_name: str = "", creator_email: str = ""
+    ) -> RepoRecord:
         """Create an empty repo. Raises ``Conflict`` if a repo of that name exists, ``UsageError`` if
         the name breaks the rule of ``datamon.names`` or the description is not storable text."""
         check_name("repo", name)
         check_text("description", description)
+        check_text("contributor name", creator_name)
+        check_text("contributor email", creator_email)
         now = time.time_ns()
         stmt = (
             self._insert(repos)
-            .values(name=name, description=description, created_ns=now)
+            .values(
+                name=name,
+                description=description,
+                created_ns=now,
+                creator_name=creator_name,
+                creator_email=creator_email,
+            )
             .on_conflict_do_nothing(index_elements=["name"])
         )
         with self._write() as conn:
@@ -65,11 +75,18 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin):
                 raise Conflict(
                     f"repo {name!r} already exists", "choose another name or use the existing repo"
                 )
-        return RepoRecord(name=name, description=description, created_ns=now, bundle_count=0)
+        return RepoRecord(name, description, now, 0, creator_name, creator_email)
 
     def _repo_query(self) -> Any:
         count = select(func.count(bundles.c.id)).where(bundles.c.repo_id == repos.c.id).scalar_subquery()
-        return select(repos.c.name, repos.c.description, repos.c.created_ns, count)
+        return select(
+            repos.c.name,
+            repos.c.description,
+            repos.c.created_ns,
+            count,
+            repos.c.creator_name,
+            repos.c.creator_email,
+        )
 
     def get_repo(self, name: str) -> RepoRecord:
         """The repo ``name`` with its bundle count. Raises ``NotFound``."""
@@ -78,13 +95,13 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin):
             row = conn.execute(self._repo_query().where(repos.c.name == name)).first()
         if row is None:
             raise NotFound(f"repo {name!r} does not exist", "list repos with `datamon repo list`")
-        return RepoRecord(row[0], row[1], row[2], row[3])
+        return RepoRecord(*row)
 
     def list_repos(self) -> list[RepoRecord]:
         """All repos sorted by name, with their bundle counts."""
         with self._read() as conn:
             rows = conn.execute(self._repo_query().order_by(repos.c.name)).all()
-        return [RepoRecord(r[0], r[1], r[2], r[3]) for r in rows]
+        return [RepoRecord(*r) for r in rows]
 
     def delete_repo(self, name: str) -> None:
         """Delete a repo with its bundles, labels, label history and LFS ids, in one transaction.
