@@ -9,6 +9,11 @@ import pytest
 
 pytest_plugins = ["tests.servers"]
 
+# Subprocesses the tests start (`python -m datamon`, git-lfs calling the agent, FUSE mounts) import
+# datamon from this checkout, not from wherever `pip install -e` last pointed (several worktrees).
+_ROOT = str(Path(__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+
 
 @pytest.fixture(autouse=True)
 def datamon_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
