@@ -35,7 +35,16 @@ class Change:
     def as_dict(self) -> dict[str, object]:
         e = self.new or self.old
         assert e is not None
-        return {"op": self.op, "path": self.path, "kind": e.kind.name.lower(), "size": e.size}
+        from datamon.cas.hashing import ZERO_KEY
+
+        kind = e.kind.name.lower()
+        row: dict[str, object] = {"op": self.op, "path": self.path, "kind": kind, "size": e.size}
+        for side, entry in (("old", self.old), ("new", self.new)):  # both sides, as Datamon's diff showed
+            row[f"{side}_size"] = None if entry is None else entry.size
+            # a local file of another size than the bundle's is not hashed: no key to show
+            known = entry is not None and entry.is_file and entry.key != ZERO_KEY
+            row[f"{side}_key"] = entry.key.hex() if entry is not None and known else None
+        return row
 
 
 def _same(a: TreeEntry, b: TreeEntry) -> bool:

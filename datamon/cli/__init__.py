@@ -17,9 +17,14 @@ from datamon.cli.common import Root
 
 @click.group(cls=Root, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--context", "context_name", metavar="NAME", envvar="DATAMON_CONTEXT", help="Context to use.")
+@click.option(
+    "--loglevel",
+    metavar="LEVEL",
+    help="debug, info, warning (default), error or none; logs go to stderr. Accepted after any command too.",
+)
 @click.version_option(package_name="datamon")
 @click.pass_context
-def cli(ctx: click.Context, context_name: str | None) -> None:
+def cli(ctx: click.Context, context_name: str | None, loglevel: str | None) -> None:
     """Version directory trees of data as immutable bundles in repos.
 
     \b
@@ -37,9 +42,9 @@ def _register() -> None:
 
     for group in (repo.repo, bundle.bundle, label.label, setup.context, setup.config):
         cli.add_command(group)
-    from datamon.cli import integrity, lfs, mount, pin, retention, run
+    from datamon.cli import about, integrity, lfs, mount, pin, retention, run
 
-    for mod in (integrity, mount, lfs, pin, run, retention):
+    for mod in (integrity, mount, lfs, pin, run, retention, about):
         mod.register(cli)
 
 

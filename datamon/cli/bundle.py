@@ -11,6 +11,7 @@ from datamon.cli.common import (
     MESSAGE,
     BundleId,
     Regex,
+    batch_size_option,
     bundle_ref_options,
     concurrency_option,
     context_option,
@@ -192,10 +193,13 @@ def bundle_download_file(
 
 @bundle.group("list", invoke_without_command=True)
 @repo_option(required=False)
+@batch_size_option
 @output_options
 @context_option
 @click.pass_context
-def bundle_list(ctx: click.Context, repo: str | None, as_json: bool, fmt: str | None) -> None:
+def bundle_list(
+    ctx: click.Context, repo: str | None, batch_size: int | None, as_json: bool, fmt: str | None
+) -> None:
     """List a repo's bundles, newest first.
 
     \b
@@ -283,6 +287,7 @@ def bundle_get(repo: str, bundle: str | None, label: str | None, as_json: bool, 
 @click.argument("range_", metavar="[A..B]", required=False)
 @bundle_ref_options
 @click.option("--destination", type=click.Path(), help="Compare this directory (a download) with the bundle.")
+@concurrency_option
 @output_options
 @context_option
 def bundle_diff(
@@ -291,6 +296,7 @@ def bundle_diff(
     bundle: str | None,
     label: str | None,
     destination: str | None,
+    concurrency: int | None,
     as_json: bool,
     fmt: str | None,
 ) -> None:
@@ -315,7 +321,15 @@ def bundle_diff(
     else:
         a, b = _range(range_)
         changes = d.diff_bundles(dm, repo, a, b)
-    emit((c.as_dict() for c in changes), as_json=as_json, fmt=fmt, text=lambda r: f"{r['op']} {r['path']}")
+    emit((c.as_dict() for c in changes), as_json=as_json, fmt=fmt, text=_diff_text)
+
+
+def _diff_text(r: dict[str, object]) -> str:
+    """``U path`` and, for an updated file, a tab and both sides: ``SIZE KEY -> SIZE KEY``."""
+    line = f"{r['op']} {r['path']}"
+    if r["op"] == "U" and (r["old_key"] or r["new_key"]):
+        line += f"\t{r['old_size']} {r['old_key'] or '-'} -> {r['new_size']} {r['new_key'] or '-'}"
+    return line
 
 
 def _range(range_: str | None) -> tuple[str, str]:
@@ -354,8 +368,11 @@ def _range(range_: str | None) -> tuple[str, str]:
     is_flag=True,
     help="Also update a directory datamon did not create (files not in the bundle are deleted).",
 )
+@concurrency_option
 @context_option
-def bundle_update(repo: str, bundle: str | None, label: str | None, destination: str, force: bool) -> None:
+def bundle_update(
+    repo: str, bundle: str | None, label: str | None, destination: str, force: bool, concurrency: int | None
+) -> None:
     """Make a directory equal to a bundle, transferring only what differs.
 
     It also finishes an interrupted download. It refuses a directory that is not a datamon
@@ -375,6 +392,7 @@ def bundle_update(repo: str, bundle: str | None, label: str | None, destination:
         label=label,
         progress=RichProgress("update"),
         force=force,
+        concurrency=concurrency,
     )
     counts = {op: sum(1 for c in r.changes if c.op == op) for op in "AUD"}
     stderr(f"updated {destination}: {counts['A']} added, {counts['U']} updated, {counts['D']} deleted")

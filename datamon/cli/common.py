@@ -45,9 +45,22 @@ def open_context() -> Context:
         from datamon.api.context import connect
 
         obj["dm"] = connect(obj.get("context_name"))
+        _log_context(obj["dm"])
         root.call_on_close(lambda: _close_uninterrupted(obj["dm"]))
     dm: Context = obj["dm"]
     return dm
+
+
+def _log_context(dm: Context) -> None:
+    import logging
+
+    log = logging.getLogger("datamon.cli")
+    if log.isEnabledFor(logging.DEBUG):
+        from datamon.config import redact_url
+
+        log.debug(
+            "context %s: metadata %s, blobs %s", dm.name, redact_url(dm.meta_url), redact_url(dm.blob_url)
+        )
 
 
 def _close_uninterrupted(dm: Context) -> None:
@@ -73,6 +86,17 @@ def concurrency_option(f: Callable[..., Any]) -> Callable[..., Any]:
         type=click.IntRange(1, 256),
         default=None,
         help="Worker threads for reading, hashing, compressing and writing (default: CPU count).",
+    )(f)
+
+
+def batch_size_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Datamon's ``--batch-size`` on listing commands. datamon streams listings from one query, so
+    the value is accepted (scripts written for Datamon keep working) and changes nothing."""
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(1),
+        default=None,
+        help="Accepted for Datamon scripts; ignored (listings are streamed from one query).",
     )(f)
 
 
@@ -207,11 +231,19 @@ def run(cli: click.Group, argv: list[str] | None) -> int:
 
     Every error a user or a store can cause is one line on stderr. Anything else is a bug: its
     traceback is printed with secrets masked, and the exit code is 1."""
+    import logging
+    import time
+
+    from datamon.cli.about import setup_logging, split_loglevel
     from datamon.errors import DatamonError
 
     _RESUME.clear()
+    t0 = time.monotonic()
     try:
-        rv = cli.main(args=argv, prog_name="datamon", standalone_mode=False)
+        args, level = split_loglevel(list(sys.argv[1:] if argv is None else argv))
+        setup_logging(level)
+        rv = cli.main(args=args, prog_name="datamon", standalone_mode=False)
+        logging.getLogger("datamon.cli").info("command finished in %.2fs", time.monotonic() - t0)
     except DatamonError as e:
         stderr(f"error: {e}")
         sys.exit(e.exit_code)

@@ -8,6 +8,7 @@ from datamon.cli.common import (
     LABEL,
     LABEL_LOOKUP,
     BundleId,
+    batch_size_option,
     context_option,
     open_context,
     repo_option,
@@ -78,17 +79,19 @@ def label_get(repo: str, name: str, as_json: bool, fmt: str | None) -> None:
 
 @label.command("list")
 @repo_option()
+@click.option("--prefix", default="", metavar="P", help="Only labels whose names start with P.")
+@batch_size_option
 @output_options
 @context_option
-def label_list(repo: str, as_json: bool, fmt: str | None) -> None:
+def label_list(repo: str, prefix: str, batch_size: int | None, as_json: bool, fmt: str | None) -> None:
     """List a repo's labels.
 
     \b
     Example:
-      datamon label list --repo mnist --json
+      datamon label list --repo mnist --prefix release- --json
     """
     dm = open_context()
-    labels = dm.meta.list_labels(repo)
+    labels = dm.meta.list_labels(repo, prefix)
     if not labels:
         dm.meta.get_repo(repo)  # NotFound for an unknown repo
     emit((label_row(lab) for lab in labels), as_json=as_json, fmt=fmt, text=_text)

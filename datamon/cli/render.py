@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -88,8 +89,12 @@ def check_format(fmt: str) -> str:
     conversion and a format spec), no positional, attribute or index fields. Else ``UsageError``."""
     import string
 
+    from datamon.cli import gotemplate
     from datamon.errors import UsageError
 
+    if gotemplate.is_go_template(fmt):
+        _go_parsed(fmt)
+        return fmt
     hint = "write fields like '{id}\\t{time}' (--json shows the field names); a literal brace is '{{' or '}}'"
     try:
         parsed = list(string.Formatter().parse(fmt))
@@ -107,6 +112,13 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
+@functools.lru_cache(maxsize=8)
+def _go_parsed(fmt: str) -> Any:
+    from datamon.cli import gotemplate
+
+    return gotemplate.parse(fmt)
+
+
 def _format_callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     return None if value is None else check_format(value)
 
@@ -117,7 +129,7 @@ def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
         "fmt",
         metavar="TEMPLATE",
         callback=_format_callback,
-        help="Python format string per item, e.g. '{id}'.",
+        help="Python format string per item, e.g. '{id}', or Datamon's Go template, e.g. '{{.ID}}'.",
     )(f)
     f = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")(f)
     return f
@@ -125,7 +137,12 @@ def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def fill(fmt: str, row: dict[str, Any]) -> str:
     """One ``--format`` line for ``row`` (strings escaped by ``safe``); ``UsageError`` if it cannot
-    be filled (unknown field, a spec that does not fit the value)."""
+    be filled (unknown field, a spec that does not fit the value). Datamon's Go templates
+    (``{{.ID}}``) are rendered by ``datamon.cli.gotemplate``."""
+    from datamon.cli import gotemplate
+
+    if gotemplate.is_go_template(fmt):
+        return gotemplate.render(fmt, _go_parsed(fmt), safe_row(row))
     check_format(fmt)
     try:
         return fmt.format_map(safe_row(row))

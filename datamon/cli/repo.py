@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import click
 
-from datamon.cli.common import Text, context_option, open_context, repo_option, stderr
+from datamon.cli.common import Text, batch_size_option, context_option, open_context, repo_option, stderr
 from datamon.cli.render import emit, iso, output_options
 
+_WITH_SIZE = click.option(
+    "--with-size",
+    is_flag=True,
+    help="Add the latest bundle's bytes and the stored bytes the repo's bundles reference (walks them all).",
+)
 
-def _row(r: object) -> dict[str, object]:
-    return {
+
+def _row(r: object, dm: object = None) -> dict[str, object]:
+    row: dict[str, object] = {
         "name": r.name,  # type: ignore[attr-defined]
         "repo": r.name,  # type: ignore[attr-defined]
         "description": r.description,  # type: ignore[attr-defined]
@@ -18,6 +24,12 @@ def _row(r: object) -> dict[str, object]:
         "creator": r.creator_name,  # type: ignore[attr-defined]
         "creator_email": r.creator_email,  # type: ignore[attr-defined]
     }
+    if dm is not None:  # --with-size
+        from datamon.api.sizes import repo_size
+
+        s = repo_size(dm, r.name)  # type: ignore[arg-type, attr-defined]
+        row.update(size=s.logical, stored=s.stored, objects=s.objects, missing_objects=s.missing)
+    return row
 
 
 def _text(row: dict[str, object]) -> str:
@@ -47,30 +59,37 @@ def repo_create(repo: str, description: str) -> None:
 
 
 @repo.command("list")
+@_WITH_SIZE
+@batch_size_option
 @output_options
 @context_option
-def repo_list(as_json: bool, fmt: str | None) -> None:
+def repo_list(with_size: bool, batch_size: int | None, as_json: bool, fmt: str | None) -> None:
     """List repos.
 
     \b
     Example:
       datamon repo list --format '{name}'
+      datamon repo list --with-size --json
     """
-    emit((_row(r) for r in open_context().meta.list_repos()), as_json=as_json, fmt=fmt, text=_text)
+    dm = open_context()
+    sized = dm if with_size else None
+    emit((_row(r, sized) for r in dm.meta.list_repos()), as_json=as_json, fmt=fmt, text=_text)
 
 
 @repo.command("get")
 @repo_option()
+@_WITH_SIZE
 @output_options
 @context_option
-def repo_get(repo: str, as_json: bool, fmt: str | None) -> None:
+def repo_get(repo: str, with_size: bool, as_json: bool, fmt: str | None) -> None:
     """Show one repo.
 
     \b
     Example:
-      datamon repo get --repo mnist --json
+      datamon repo get --repo mnist --with-size --json
     """
-    emit([_row(open_context().meta.get_repo(repo))], as_json=as_json, fmt=fmt, text=_text)
+    dm = open_context()
+    emit([_row(dm.meta.get_repo(repo), dm if with_size else None)], as_json=as_json, fmt=fmt, text=_text)
 
 
 @repo.command("delete")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Final, cast
 
-from sqlalchemy import Connection, Executable, delete, insert, select, update
+from sqlalchemy import Connection, Executable, delete, func, insert, select, update
 
 from datamon.errors import Conflict, LabelMoved, NotFound
 from datamon.meta.base import StoreBase
@@ -44,15 +44,16 @@ class LabelsMixin(StoreBase):
                 raise self._label_not_found(repo, name)
         return LabelRecord(repo, name, row[0], row[1], row[2])
 
-    def list_labels(self, repo: str) -> list[LabelRecord]:
-        """All labels of ``repo`` sorted by name. Raises ``NotFound`` (repo)."""
+    def list_labels(self, repo: str, prefix: str = "") -> list[LabelRecord]:
+        """All labels of ``repo`` (whose names start with ``prefix``, case-sensitively) sorted by
+        name. Raises ``NotFound`` (repo)."""
+        query = select(labels.c.name, labels.c.bundle_id, labels.c.updated_ns, labels.c.contributor)
         with self._read() as conn:
             rid = self._repo_id(conn, repo)
-            rows = conn.execute(
-                select(labels.c.name, labels.c.bundle_id, labels.c.updated_ns, labels.c.contributor)
-                .where(labels.c.repo_id == rid)
-                .order_by(labels.c.name)
-            ).all()
+            query = query.where(labels.c.repo_id == rid)
+            if prefix:  # substr, not LIKE: LIKE is case-blind on SQLite and treats % and _ as wildcards
+                query = query.where(func.substr(labels.c.name, 1, len(prefix)) == prefix)
+            rows = conn.execute(query.order_by(labels.c.name)).all()
         return [LabelRecord(repo, r[0], r[1], r[2], r[3]) for r in rows]
 
     def set_label(

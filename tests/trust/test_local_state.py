@@ -67,7 +67,7 @@ def test_edit_during_download_is_seen_by_diff_and_upload(
         ctx.download("r", out, label="v1", progress=edit, concurrency=1)
     assert edit.done and (out / "f0.txt").read_bytes() == b"EDITED   0"
     r = dm("bundle", "diff", "--repo", "r", "--label", "v1", "--destination", out)
-    assert r.code == 0 and r.out.split("\n")[0] == "U f0.txt", r
+    assert r.code == 0 and r.out.split("\n")[0].split("\t")[0] == "U f0.txt", r
     new = upload(dm, out, "v2")
     with connect() as ctx:
         assert cat(ctx, new, "f0.txt") == b"EDITED   0"
@@ -216,13 +216,13 @@ def test_a_tree_1500_directories_deep(dm, tmp_path: Path, deep_cleanup) -> None:
     listed = dm("bundle", "list", "files", "--repo", "r", "--bundle", v1)
     assert listed.code == 0 and "leaf.txt" in listed.out, listed
     r = dm("bundle", "diff", "--repo", "r", f"{v1[:12]}..{v2[:12]}")
-    assert r.code == 0 and r.out.strip() == "U " + "d/" * depth + "leaf.txt", r
+    assert r.code == 0 and r.out.strip().split("\t")[0] == "U " + "d/" * depth + "leaf.txt", r
     out = tmp_path / "o"
     assert dm("bundle", "download", "--repo", "r", "--bundle", v1, "--destination", out).code == 0
     leaf = Path(out, *(["d"] * depth), "leaf.txt")
     assert leaf.read_text() == "at the bottom"
     r = dm("bundle", "diff", "--repo", "r", "--bundle", v2, "--destination", out)
-    assert r.code == 0 and r.out.strip() == "U " + "d/" * depth + "leaf.txt", r
+    assert r.code == 0 and r.out.strip().split("\t")[0] == "U " + "d/" * depth + "leaf.txt", r
     assert dm("bundle", "update", "--repo", "r", "--bundle", v2, "--destination", out).code == 0
     assert leaf.read_text() == "changed bottom"
     # a deep directory deleted by update (iteratively, without following anything)
