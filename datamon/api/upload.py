@@ -98,28 +98,11 @@ def upload(
     meta.get_repo(repo)
     if not message:
         raise UsageError("a bundle needs a message", "pass --message")
-    root = check_root(path)
-    errors = _Errors(skip_on_error)
-    top = scan_listed(root, list(files), errors) if files is not None else scan(root, errors)
     parent_ids = [parent_id(ctx, repo, p) for p in parents] if parents else None
-    progress = progress or NoProgress()
-    all_files = list(top.iter_files())
-    progress.start(len(all_files), sum(f.st.st_size for f in all_files))
-
-    statcache = StatCache(ctx.state_dir)
-    keys: dict[str, tuple[bytes, int]] = {}  # absolute path -> (file key, size)
-    to_read = _answer_from_statcache(ctx, statcache, root, all_files, keys, progress)
-    cas = ctx.cas
-    workers = max(1, concurrency or os.cpu_count() or 2)
-    with cas.writing(concurrency=workers) as ing:
-        new_bytes = _ingest(ing, to_read, keys, errors, workers, cas.chunker.window, progress)
-        tree_hex, nfiles, nbytes = _store_trees(ing, top, keys)
-        stored = ing.writer.stored_bytes
-    statcache.store(
-        (f.path, stat_key(f.st), keys[f.path][0]) for f in to_read if f.path in keys and f.st.st_size
+    t = upload_tree(
+        ctx, path, files=files, skip_on_error=skip_on_error, concurrency=concurrency, progress=progress
     )
-    statcache.close()
-    progress.finish()
+    tree_hex, nfiles, nbytes = t.tree, t.files, t.bytes
 
     from datamon.api.bundles import make_bundle
 
@@ -147,13 +130,63 @@ def upload(
         bundle=bundle,
         files=nfiles,
         bytes=nbytes,
-        read_files=len(to_read),
-        new_bytes=new_bytes,
-        stored_bytes=stored,
-        skipped=errors.skipped,
+        read_files=t.read_files,
+        new_bytes=t.new_bytes,
+        stored_bytes=t.stored_bytes,
+        skipped=t.skipped,
         label=label,
         seconds=time.perf_counter() - t0,
     )
+
+
+@dataclass
+class TreeUpload:
+    """What ``upload_tree`` stored: the root tree of a directory, and what it cost."""
+
+    tree: str  # root tree key, hex
+    files: int
+    bytes: int
+    read_files: int
+    new_bytes: int
+    stored_bytes: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+
+
+def upload_tree(
+    ctx: Context,
+    path: str | os.PathLike[str],
+    *,
+    files: Sequence[str] | None = None,
+    skip_on_error: bool = False,
+    concurrency: int | None = None,
+    progress: Progress | None = None,
+) -> TreeUpload:
+    """Store directory ``path`` (or only ``files`` under it) in the content store and return its
+    root tree: everything a bundle needs except the bundle. ``upload`` and diamond splits use it.
+    Everything it writes is content-addressed, so an interrupted call leaves only objects that a
+    rerun deduplicates against (and ``gc`` removes if nothing ever references them)."""
+    root = check_root(path)
+    errors = _Errors(skip_on_error)
+    top = scan_listed(root, list(files), errors) if files is not None else scan(root, errors)
+    progress = progress or NoProgress()
+    all_files = list(top.iter_files())
+    progress.start(len(all_files), sum(f.st.st_size for f in all_files))
+
+    statcache = StatCache(ctx.state_dir)
+    keys: dict[str, tuple[bytes, int]] = {}  # absolute path -> (file key, size)
+    to_read = _answer_from_statcache(ctx, statcache, root, all_files, keys, progress)
+    cas = ctx.cas
+    workers = max(1, concurrency or os.cpu_count() or 2)
+    with cas.writing(concurrency=workers) as ing:
+        new_bytes = _ingest(ing, to_read, keys, errors, workers, cas.chunker.window, progress)
+        tree_hex, nfiles, nbytes = _store_trees(ing, top, keys)
+        stored = ing.writer.stored_bytes
+    statcache.store(
+        (f.path, stat_key(f.st), keys[f.path][0]) for f in to_read if f.path in keys and f.st.st_size
+    )
+    statcache.close()
+    progress.finish()
+    return TreeUpload(tree_hex, nfiles, nbytes, len(to_read), new_bytes, stored, errors.skipped)
 
 
 def _answer_from_statcache(
