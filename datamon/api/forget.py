@@ -119,8 +119,20 @@ def apply_policy(
 
 def _context_facts(ctx: Context, repo: str, bundles: Sequence[BundleRecord]) -> tuple[set[str], set[str]]:
     labelled = {lab.bundle_id for lab in ctx.meta.list_labels(repo)}
-    ids = [b.id for b in bundles]
-    used = {k.bundle for r in ctx.meta.runs_with_input(ids) if r.outputs for k in r.inputs}
+    # A run records the ids it read; a bundle ``repo delete files`` rewrote since is pinned by the
+    # runs that read what it was rewritten from.
+    origin = {b.id: b.id for b in bundles}
+    frontier = list(origin)
+    while frontier:
+        into = ctx.meta.rewritten_into(frontier)
+        frontier = []
+        for new, olds in into.items():
+            for old in olds:
+                if old not in origin:
+                    origin[old] = origin[new]
+                    frontier.append(old)
+    runs = ctx.meta.runs_with_input(list(origin))
+    used = {origin[k.bundle] for r in runs if r.outputs for k in r.inputs if k.bundle in origin}
     return labelled, used
 
 

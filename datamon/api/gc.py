@@ -22,6 +22,11 @@ How it stays safe (docs/guarantees.md says it for users):
   ago (first-seen times are kept in ``gc/orphans.json`` in the blob store).
 * **A damaged store is not collected.** If marking finds a reachable object missing or
   unreadable, gc stops before removing anything (exit 4) and points at ``datamon verify``.
+* **Erased bytes go at once.** Keys that ``repo delete files`` queued (the ``erasures`` table) are
+  looked for in every pack blob's own index (indexed or not, so a duplicate copy that no index row
+  names is found too). A stale pack holding one that nothing reaches is rewritten without it
+  whatever its share of garbage; a key leaves the queue once no pack holds it. Packs younger than
+  the grace period are left alone as always: their erased keys wait for a later gc.
 * One gc at a time: the ``gc`` lock in the metadata database (taken over after an hour
   without a refresh, so a killed gc does not block the next one forever).
 """
@@ -80,6 +85,8 @@ class GcReport:
     temporaries: int = 0  # stale temporaries (of writers killed mid-write) removed from a local store
     run_inputs: int = 0  # trees kept only because a run that produced an output read them (lineage)
     freed_bytes: int = 0  # blob store bytes given back (or that would be, with dry_run)
+    erased_purged: int = 0  # erased objects (``repo delete files``) now gone from every pack
+    erased_waiting: int = 0  # erased objects still stored: held by a live bundle, or in a fresh pack
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)  # packs left alone because of a problem
 
@@ -220,6 +227,7 @@ class _Collector:
         self.orphans: set[str] = set()
         self._orphan_index: dict[bytes, tuple[str, PackEntryTuple]] | None = None
         self._orphan_sizes: dict[str, int] = {}
+        self.gone_packs: set[str] = set()  # pack blobs deleted (or that would be, with dry_run)
 
     # -- freshness ---------------------------------------------------------------------
     def _last_use(self, p: PackRecord, marks: Mapping[str, list[tuple[int, str]]]) -> int:
@@ -309,6 +317,9 @@ class _Collector:
         fresh = self._fresh(self.packs, marks)
         rep.packs, rep.fresh_packs = len(self.packs), len(fresh)
 
+        erased = set(self.meta.erasure_keys())
+        erased_in, unreadable = self._erased_in_packs(erased, present) if erased else ({}, False)
+
         bundle_ids: set[str] = set()
         reach = Reach(self.ctx, resolve_missing=self._resolve)
         reach.walk(self._bundle_roots(bundle_ids) + self._pack_roots(fresh))
@@ -330,11 +341,17 @@ class _Collector:
             self.meta.remove_objects([r[0] for rows in self.hidden.values() for r in rows])
             self._recheck(reach, bundle_ids, fresh)
 
+        # A stale pack holding erased bytes that nothing reaches is rewritten whatever its waste.
+        force = {
+            n for n, keys in erased_in.items() if n in live_bytes and any(k not in reach.rows for k in keys)
+        }
         doomed = [n for n, b in live_bytes.items() if b == 0 and n not in self.cancelled]
         partial = [
             n
             for n, b in live_bytes.items()
-            if b > 0 and n not in self.cancelled and self._waste(self.packs[n], b) > self.repack_ratio
+            if b > 0
+            and n not in self.cancelled
+            and (n in force or self._waste(self.packs[n], b) > self.repack_ratio)
         ]
         for name in doomed:
             self.lock.refresh()
@@ -343,14 +360,44 @@ class _Collector:
                 self._delete_pack_blob(name, marks)
             rep.deleted_packs += 1
             rep.freed_bytes += self.packs[name].size
+            self.gone_packs.add(name)
         self._repack(partial, marks)
         self._collect_orphans()
         self._collect_temporaries()
+        if erased:
+            self._settle_erasures(erased, erased_in, reach, unreadable)
         if not self.dry_run:
             self._drop_dead_marks()
         rep.reachable_objects = len(reach.rows)
         rep.seconds = time.perf_counter() - t_start
         return rep
+
+    def _erased_in_packs(self, erased: set[bytes], present: set[str]) -> tuple[dict[str, set[bytes]], bool]:
+        """Pack → the erased keys its own index lists (every pack blob, indexed or orphan), and
+        whether some pack could not be read (then no key is known to be gone)."""
+        found: dict[str, set[bytes]] = {}
+        unreadable = False
+        for pack in sorted(present):
+            self.lock.refresh()
+            entries = read_pack_index(self.blobs, pack)
+            if isinstance(entries, Problem):
+                unreadable = True
+                continue
+            keys = {e[0] for e in entries if e[0] in erased}
+            if keys:
+                found[pack] = keys
+        return found, unreadable
+
+    def _settle_erasures(
+        self, erased: set[bytes], erased_in: dict[str, set[bytes]], reach: Reach, unreadable: bool
+    ) -> None:
+        """Forget the erased keys no pack holds any more (none, if a pack could not be read)."""
+        still = {k for pack, keys in erased_in.items() if pack not in self.gone_packs for k in keys}
+        gone = [] if unreadable else sorted(k for k in erased if k not in still and k not in reach.rows)
+        self.report.erased_purged = len(gone)
+        self.report.erased_waiting = len(erased) - len(gone)
+        if gone and not self.dry_run:
+            self.meta.forget_erasures(gone)
 
     def _stop_if_damaged(self, reach: Reach) -> None:
         if not reach.bad:
@@ -402,6 +449,7 @@ class _Collector:
             data = count = 0
             for i, name in enumerate(names):
                 live = self._live_rows(name)
+                self.gone_packs.add(name)
                 rep.repacked_packs += 1
                 rep.freed_bytes += self.packs[name].size
                 data += sum(r[3] for r in live)
@@ -453,6 +501,7 @@ class _Collector:
         for old in group:
             if old != name:  # the same live objects in the same order make the same pack
                 self._delete_pack_blob(old, marks)
+                self.gone_packs.add(old)
         rep.new_packs += 1
         new_size = len(data)
         rep.repacked_packs += len(group)
@@ -475,6 +524,7 @@ class _Collector:
                 keep[name] = first
                 continue
             rep.deleted_orphans += 1
+            self.gone_packs.add(name)
             rep.freed_bytes += self._orphan_sizes.get(name) or self.blobs.size(pack_blob_name(name)) or 0
             if not self.dry_run:
                 self.blobs.delete(pack_blob_name(name))

@@ -8,7 +8,9 @@ parents, the run that wrote it and that run's inputs.
 
 Every run is read through ``api/runs.py`` (record re-hashed and checked); every bundle through the
 metadata store's checked records. A run may name a bundle that has since been deleted: it is a
-node with ``missing=True``, never an error.
+node with ``missing=True``, never an error. A bundle that ``repo delete files`` rewrote is such a
+node with ``rewritten_as`` set and a ``rewrite`` edge to what it became, and the walk goes on from
+there (runs keep the ids they recorded; the rewrite map connects them).
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ class Node:
     text: str = ""  # a bundle's message, a run's command line
     time_ns: int = 0
     missing: bool = False  # a bundle a run or record names that is not in the database any more
+    rewritten_as: str | None = None  # a missing bundle that ``repo delete files`` rewrote as this id
     run: RunRecord | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": "node", "kind": self.kind, "id": self.id, "depth": self.depth}
         if self.kind == "bundle":
             d.update(repo=self.repo, message=self.text, time_ns=self.time_ns, missing=self.missing)
+            if self.rewritten_as is not None:
+                d["rewritten_as"] = self.rewritten_as
         elif self.run is not None:
             r = self.run.as_dict()
             r.pop("id", None)
@@ -49,7 +54,7 @@ class Node:
 class Edge:
     src: str
     dst: str
-    kind: str  # "parent", "input" or "output"
+    kind: str  # "parent", "input", "output" or "rewrite"
 
     def as_dict(self) -> dict[str, Any]:
         return {"type": "edge", "from": self.src, "to": self.dst, "kind": self.kind}
@@ -101,12 +106,21 @@ def _add_bundle(ctx: Context, g: Graph, bundle_id: str, repo: str, depth: int) -
         return None
     b = ctx.meta.find_bundle(bundle_id)
     if b is None:
-        g.nodes[bundle_id] = Node("bundle", bundle_id, depth, repo=repo, missing=True)
-        return None
+        moved = ctx.meta.final_rewrites([bundle_id]).get(bundle_id)
+        new = ctx.meta.find_bundle(moved.new_id) if moved is not None and moved.new_id else None
+        g.nodes[bundle_id] = Node(
+            "bundle", bundle_id, depth, repo=repo, missing=True, rewritten_as=new.id if new else None
+        )
+        if new is None:
+            return None
+        g.add_edge(Edge(bundle_id, new.id, "rewrite"))
+        if new.id in g.nodes:
+            return None
+        b = new
     from datamon.api.bundles import check_record
 
     check_record(b)
-    g.nodes[bundle_id] = _bundle_node(b, depth)
+    g.nodes[b.id] = _bundle_node(b, depth)
     return b
 
 
@@ -117,6 +131,7 @@ def _walk(ctx: Context, g: Graph, start: list[BundleRecord], max_depth: int | No
     while frontier and (max_depth is None or level < max_depth):
         level += 1
         ids = [b.id for b in frontier]
+        ids += [old for olds in meta.rewritten_into(ids).values() for old in olds]  # as runs recorded them
         nxt: list[BundleRecord] = []
         runs = [from_row(r) for r in (meta.runs_with_output(ids) if up else meta.runs_with_input(ids))]
         explained: set[tuple[str, str]] = set()  # (parent, child) pairs a run accounts for
@@ -160,7 +175,8 @@ def to_dot(g: Graph) -> str:
     lines = ["digraph lineage {", "  rankdir=LR;", '  node [fontname="Helvetica"];']
     for n in g.nodes.values():
         if n.kind == "bundle":
-            label = f"{n.repo}\n{n.id[:12]}" + ("\n(deleted)" if n.missing else "")
+            gone = "\n(rewritten)" if n.rewritten_as else "\n(deleted)"
+            label = f"{n.repo}\n{n.id[:12]}" + (gone if n.missing else "")
             style = ", style=dashed" if n.missing else (", style=bold" if n.id == g.root else "")
             lines.append(f"  {q(n.id)} [shape=box, label={q(label)}{style}];")
         else:

@@ -4,8 +4,11 @@ The recovery path when the metadata database is lost, or restored from a backup 
 the blob store. Every pack blob's footer and index are read (two ranged reads per pack) and
 recorded with ``add_pack``, which keeps rows that exist, so running it again changes
 nothing. Run records (lineage) are in the blob store too (``runs/<id>``): their rows are
-rebuilt from those blobs, and a row whose blob copy is missing gets it back. Bundles, labels and
-repos are not in the blob store: they come back only with a backup of the database.
+rebuilt from those blobs, and a row whose blob copy is missing gets it back. Repo renames are in
+the blob store too (``renames/<id>``, ``api/rename.py``): a rename the database does not know is
+replayed when its repo still has the old name, so run records naming the new name find their repo.
+Bundles, labels and repos are not in the blob store: they come back only with a backup of the
+database.
 
 A pack may hold objects gc had already dropped from the index (garbage it had not rewritten
 yet). Putting those back is harmless, except for a file map whose chunks gc has since
@@ -38,6 +41,10 @@ class ReindexReport:
     runs: int = 0  # run records found in the blob store
     added_runs: int = 0  # run rows rebuilt from them
     restored_run_blobs: int = 0  # blob copies written back from run rows
+    renames: int = 0  # rename records found in the blob store
+    replayed_renames: int = 0  # renames the database did not know, applied
+    restored_rename_blobs: int = 0  # blob copies of renames written back from the database
+    renamed: list[str] = field(default_factory=list)  # renames replayed: "old -> new"
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)  # unreadable packs, left alone
 
@@ -81,6 +88,7 @@ def reindex(ctx: Context) -> ReindexReport:
                 added_filemaps += [(e[0], pack, *e[1:]) for e in new if e[4] == Kind.FILEMAP]
         report.dropped_filemaps = _drop_dangling_filemaps(ctx, added_filemaps, report)
         _reindex_runs(ctx, report)
+        _reindex_renames(ctx, report)
     finally:
         lock.release()
     report.seconds = time.perf_counter() - t0
@@ -110,6 +118,17 @@ def _drop_dangling_filemaps(
     if dangling:
         ctx.meta.remove_objects(sorted(dangling))
     return len(dangling)
+
+
+def _reindex_renames(ctx: Context, report: ReindexReport) -> None:
+    from datamon.api.rename import replay_renames
+
+    r = replay_renames(ctx)
+    report.renames = r.records
+    report.replayed_renames = r.replayed
+    report.restored_rename_blobs = r.restored_blobs
+    report.renamed += r.renamed
+    report.problems += r.problems
 
 
 def _reindex_runs(ctx: Context, report: ReindexReport) -> None:

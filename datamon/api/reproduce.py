@@ -35,6 +35,26 @@ class Reproduction:
         return self.exit_code == 0 and not any(self.differences.values())
 
 
+def _current(ctx: Context, repo: str) -> str:
+    """The repo's name now (a run record names it as it was called then; ``repo rename``)."""
+    return ctx.meta.current_repo_name(repo) or repo
+
+
+def recorded_inputs(ctx: Context, old: RunRecord) -> list[InputSpec]:
+    """The inputs of a recorded run, as they can be read now: repos by their current names, and
+    bundles that ``repo delete files`` rewrote as what they became (the erased files are gone; a
+    rewritten input whose bundle row is gone is written from its rewritten tree)."""
+    moved = ctx.meta.final_rewrites([i.bundle for i in old.inputs])
+    out = []
+    for i in old.inputs:
+        bundle, tree = i.bundle, i.tree
+        m = moved.get(i.bundle)
+        if m is not None:
+            bundle, tree = (m.new_id or i.bundle), m.new_tree
+        out.append(InputSpec(i.name, _current(ctx, i.repo), bundle, tree))
+    return out
+
+
 def reproduce(
     ctx: Context, run_id: str, *, check: bool = False, label: str | None = None, attach: Attach | None = None
 ) -> Reproduction:
@@ -47,8 +67,8 @@ def reproduce(
         )
     run = Run(
         ctx,
-        [InputSpec(i.name, i.repo, i.bundle, i.tree) for i in old.inputs],
-        [OutputSpec(o.name, o.repo) for o in old.outputs],
+        recorded_inputs(ctx, old),
+        [OutputSpec(o.name, _current(ctx, o.repo)) for o in old.outputs],
         params=old.params,
         label=label,
         command=old.command,

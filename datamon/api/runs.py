@@ -371,10 +371,15 @@ def load_run_blobs(ctx: Context) -> tuple[list[RunRecord], list[str]]:
 def run_problems(ctx: Context, repo: str | None = None) -> tuple[int, list[tuple[str, str, str]]]:
     """Check every run (those touching ``repo`` if given): the record hashes to its id and agrees
     with its rows, its blob copy exists (what ``admin reindex`` rebuilds from), and the bundles it
-    names still exist. Returns (runs checked, [(run id, problem kind, detail)])."""
+    names still exist (or were rewritten by ``repo delete files``: the rewrite map says where they
+    went). Returns (runs checked, [(run id, problem kind, detail)])."""
     rows = ctx.meta.list_runs(repo) if repo is not None else list(ctx.meta.iter_all_runs())
     out: list[tuple[str, str, str]] = []
+    named = {k.bundle for row in rows for k in (*row.inputs, *row.outputs)}
     known: dict[str, bool] = {}
+    for old, m in ctx.meta.final_rewrites(sorted(named)).items():
+        if m.new_id is not None:  # rewritten: fine while what it became exists
+            known[old] = ctx.meta.find_bundle(m.new_id) is not None
     blobs = ctx.cas.blobs
     for row in rows:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+from collections.abc import Iterable
 
 from datamon.cas.hashing import key_of
 
@@ -63,6 +64,22 @@ class ChunkCache:
                 self._size += len(data)
             if self._size > self.max_bytes:
                 self._evict()
+
+    def discard(self, keys: Iterable[bytes]) -> int:
+        """Remove the entries of ``keys`` if present; returns how many went. Used when bytes must
+        not stay on this machine (``repo delete files``)."""
+        gone = 0
+        for key in keys:
+            try:
+                size = os.path.getsize(self._path(key))
+                os.unlink(self._path(key))
+            except OSError:
+                continue
+            gone += 1
+            with self._lock:
+                if self._size is not None:
+                    self._size = max(0, self._size - size)
+        return gone
 
     def _entries(self) -> list[tuple[float, int, str]]:
         out = []

@@ -131,6 +131,13 @@ def gc_cmd(grace: str, dry_run: bool, drop_run_inputs: bool, as_json: bool) -> N
         + (f"; {r.adopted_objects} objects re-indexed from orphan packs" if r.adopted_objects else "")
         + (f"; {r.restored_objects} kept for running uploads" if r.restored_objects else "")
         + (f"; kept {r.run_inputs} deleted bundle(s) that recorded runs read" if r.run_inputs else "")
+        + (f"; {r.erased_purged} erased objects gone from every pack" if r.erased_purged else "")
+        + (
+            f"; {r.erased_waiting} erased objects still stored (held by a live bundle, or in packs "
+            "younger than the grace period)"
+            if r.erased_waiting
+            else ""
+        )
     )
 
 
@@ -159,11 +166,19 @@ def reindex_cmd(as_json: bool) -> None:
         _json_line(r.as_dict())
     for p in r.problems:
         stderr(f"problem: {p}")
+    for n in r.renamed:
+        stderr(f"replayed repo rename {n} (recorded in the blob store, unknown to the database)")
     stderr(
         f"reindexed {r.packs} packs ({r.new_packs} new to the index), {r.objects} objects: "
         f"{r.added} index rows added, {r.dropped_filemaps} incomplete file maps dropped; "
         f"{r.runs} run records ({r.added_runs} rows rebuilt, {r.restored_run_blobs} blob copies restored), "
-        f"in {r.seconds:.1f}s"
+        + (
+            f"{r.renames} repo renames ({r.replayed_renames} replayed, {r.restored_rename_blobs} blob copies "
+            "restored), "
+            if r.renames or r.restored_rename_blobs
+            else ""
+        )
+        + f"in {r.seconds:.1f}s"
     )
 
 

@@ -10,6 +10,8 @@ from datamon.cli.render import iso, safe
 
 def _describe(n: Node) -> str:
     if n.kind == "bundle":
+        if n.missing and n.rewritten_as:
+            return f"bundle {n.id[:12]} {n.repo} (rewritten as {n.rewritten_as[:12]})".replace("  ", " ")
         if n.missing:
             return f"bundle {n.id[:12]} {n.repo} (deleted)".replace("  ", " ")
         return f"bundle {n.id[:12]} {n.repo} {iso(n.time_ns)} {n.text[:80]!r}"

@@ -92,17 +92,28 @@ def repo_get(repo: str, with_size: bool, as_json: bool, fmt: str | None) -> None
     emit([_row(dm.meta.get_repo(repo), dm if with_size else None)], as_json=as_json, fmt=fmt, text=_text)
 
 
-@repo.command("delete")
-@repo_option()
+@repo.group("delete", invoke_without_command=True)
+@repo_option(required=False)
 @click.option("--force-yes", is_flag=True, help="Do not ask for confirmation.")
 @context_option
-def repo_delete(repo: str, force_yes: bool) -> None:
+@click.pass_context
+def repo_delete(ctx: click.Context, repo: str | None, force_yes: bool) -> None:
     """Delete a repo with its bundles and labels (metadata only; `datamon gc` frees the space).
+
+    `datamon repo delete files` removes paths from every bundle of a repo instead.
 
     \b
     Example:
       datamon repo delete --repo scratch --force-yes
+      datamon repo delete files --repo mnist --files erase.txt --force-yes
     """
+    if ctx.invoked_subcommand is not None:
+        ctx.ensure_object(dict)
+        ctx.obj["delete_repo"] = repo
+        ctx.obj["delete_force_yes"] = force_yes
+        return
+    if repo is None:
+        raise click.UsageError("Missing option '--repo'.", ctx=ctx)
     dm = open_context()
     r = dm.meta.get_repo(repo)
     if not force_yes:

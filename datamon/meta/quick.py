@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 _BUNDLE = (
     "SELECT b.id, r.name, b.tree, b.message, b.contributor_name, b.contributor_email, b.created_ns,"
-    " b.file_count, b.total_size, b.record FROM bundles b JOIN repos r ON b.repo_id = r.id WHERE r.name = ?"
+    " b.file_count, b.total_size, b.record, b.repo_id"
+    " FROM bundles b JOIN repos r ON b.repo_id = r.id WHERE r.name = ?"
 )
 
 
@@ -91,10 +92,22 @@ class QuickMeta:
         parents = self._rows(
             "SELECT parent_id FROM bundle_parents WHERE bundle_id = ? ORDER BY position", (r[0],)
         )
-        if parents is None:
+        former = self._rows("SELECT old_name FROM repo_renames WHERE repo_id = ? ORDER BY id", (r[10],))
+        if parents is None or former is None:
             return None
         return BundleRecord(
-            r[0], r[1], r[2], tuple(p[0] for p in parents), r[3], r[4], r[5], r[6], r[7], r[8], bytes(r[9])
+            r[0],
+            r[1],
+            r[2],
+            tuple(p[0] for p in parents),
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            r[8],
+            bytes(r[9]),
+            former_names=tuple(dict.fromkeys(f[0] for f in former)),
         )
 
     def get_label(self, repo: str, name: str) -> LabelRecord:

@@ -30,6 +30,8 @@ class BundleRecord:
     file_count: int
     total_size: int
     record: bytes = field(repr=False)
+    # Names the repo had before ``repo rename`` (its records keep the name they were written under).
+    former_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -178,8 +180,10 @@ def decode_record(raw: bytes, bundle_id: str = "") -> RecordFields:
 
 def record_mismatch(b: BundleRecord, f: RecordFields) -> list[str]:
     """Names of the columns of ``b`` that differ from what its record says (empty: they agree)."""
+    # A record names the repo it was written in: the current name, or one it had before a rename.
+    repo = f.repo if f.repo in b.former_names else b.repo
     pairs = (
-        ("repo", b.repo, f.repo),
+        ("repo", repo, f.repo),
         ("tree", b.tree, f.tree),
         ("parents", tuple(b.parents), f.parents),
         ("message", b.message, f.message),

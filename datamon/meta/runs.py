@@ -160,19 +160,30 @@ class RunsMixin(StoreBase):
             return self._runs(conn, rows)[0]
 
     def list_runs(self, repo: str | None = None, limit: int | None = None) -> list[RunRow]:
-        """Runs, newest first; with ``repo``, only runs that read or wrote a bundle of it."""
+        """Runs, newest first; with ``repo``, only runs that read or wrote a bundle of it (run records
+        name a repo as it was called then: its former names count too)."""
         q = select(*_COLS).order_by(runs.c.started_ns.desc(), runs.c.id)
-        if repo is not None:
-            touching = (
-                select(run_inputs.c.run_id)
-                .where(run_inputs.c.repo == repo)
-                .union(select(run_outputs.c.run_id).where(run_outputs.c.repo == repo))
-            )
-            q = q.where(runs.c.id.in_(touching))
         if limit is not None:
             q = q.limit(limit)
         with self._read() as conn:
+            if repo is not None:
+                names = [repo, *self._repo_former_names(conn, repo)]
+                touching = (
+                    select(run_inputs.c.run_id)
+                    .where(run_inputs.c.repo.in_(names))
+                    .union(select(run_outputs.c.run_id).where(run_outputs.c.repo.in_(names)))
+                )
+                q = q.where(runs.c.id.in_(touching))
             return self._runs(conn, conn.execute(q).all())
+
+    @staticmethod
+    def _repo_former_names(conn: Connection, repo: str) -> list[str]:
+        from datamon.meta.schema import repo_renames, repos
+
+        rid = select(repos.c.id).where(repos.c.name == repo).scalar_subquery()
+        return list(
+            conn.execute(select(repo_renames.c.old_name).where(repo_renames.c.repo_id == rid)).scalars()
+        )
 
     def runs_with_input(self, bundle_ids: Sequence[str]) -> list[RunRow]:
         """Runs that read any of ``bundle_ids``."""
@@ -209,11 +220,16 @@ class RunsMixin(StoreBase):
 
     def run_input_trees(self) -> list[str]:
         """Root tree keys of the inputs of every run that produced an output (what gc keeps for
-        lineage unless told otherwise)."""
+        lineage unless told otherwise). An input bundle that ``repo delete files`` rewrote counts with
+        its rewritten tree: the erased files are not kept alive by the runs that read them."""
+        from datamon.meta.base import follow_rewrites
+
         with self._read() as conn:
             q = (
-                select(run_inputs.c.tree)
+                select(run_inputs.c.bundle_id, run_inputs.c.tree)
                 .where(run_inputs.c.run_id.in_(select(run_outputs.c.run_id)))
                 .distinct()
             )
-            return [r[0] for r in conn.execute(q)]
+            pairs = [(r[0], r[1]) for r in conn.execute(q)]
+            moved = follow_rewrites(conn, [b for b, _ in pairs])
+        return list(dict.fromkeys(moved[b][1] if b in moved else t for b, t in pairs))

@@ -173,3 +173,45 @@ run_outputs = Table(
     Column("tree", String(64), nullable=False),
     Index("ix_run_outputs_bundle", "bundle_id"),
 )
+
+# Rewrites and renames (docs/retention.md, migration 0004). ``bundle_rewrites``: a bundle that
+# ``repo delete files`` rewrote under a new id (``new_id`` NULL for a recorded run input whose bundle
+# row was already gone: only its tree was rewritten). Lookups of ``old_id`` explain where it went.
+bundle_rewrites = Table(
+    "bundle_rewrites",
+    metadata,
+    Column("old_id", String(64), primary_key=True),
+    Column("new_id", String(64), nullable=True),
+    Column("repo_id", Integer, ForeignKey("repos.id"), nullable=False),
+    Column("old_tree", String(64), nullable=False),
+    Column("new_tree", String(64), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("time_ns", BigInteger, nullable=False),
+    Column("contributor", Text, nullable=False, server_default=""),
+    Index("ix_bundle_rewrites_new", "new_id"),
+    Index("ix_bundle_rewrites_repo", "repo_id"),
+)
+
+# Former names of repos (``repo rename``). A former name stays reserved for its repo: bundle records
+# and run records keep naming the repo they were written in, and this table says which repo that is.
+repo_renames = Table(
+    "repo_renames",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("repo_id", Integer, ForeignKey("repos.id"), nullable=False),
+    Column("old_name", String(255), nullable=False),
+    Column("new_name", String(255), nullable=False),
+    Column("time_ns", BigInteger, nullable=False),
+    Column("contributor", Text, nullable=False, server_default=""),
+    Index("ix_repo_renames_old", "old_name"),
+    Index("ix_repo_renames_repo", "repo_id"),
+)
+
+# Objects whose bytes ``repo delete files`` erased from every bundle: gc rewrites every stale pack
+# holding one (whatever its share of garbage) and forgets the key once no pack holds it.
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("key", LargeBinary(32), primary_key=True),
+    Column("time_ns", BigInteger, nullable=False),
+)

@@ -14,13 +14,24 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
-from datamon.errors import AmbiguousId, Conflict, NotFound, UsageError
+from datamon.errors import AmbiguousId, Conflict, UsageError
 from datamon.meta.base import BATCH, batches
 from datamon.meta.index import ObjectIndexMixin
 from datamon.meta.labels import ANY, LabelsMixin
 from datamon.meta.records import BundleRecord, RepoRecord
+from datamon.meta.rewrites import RewritesMixin
 from datamon.meta.runs import RunsMixin
-from datamon.meta.schema import bundle_parents, bundles, label_history, labels, lfs_objects, locks, repos
+from datamon.meta.schema import (
+    bundle_parents,
+    bundle_rewrites,
+    bundles,
+    label_history,
+    labels,
+    lfs_objects,
+    locks,
+    repo_renames,
+    repos,
+)
 from datamon.names import check_lookup, check_name, check_text
 
 __all__ = ["ANY", "MetadataStore"]
@@ -39,10 +50,11 @@ _BUNDLE_COLS: Final = (
     bundles.c.file_count,
     bundles.c.total_size,
     bundles.c.record,
+    bundles.c.repo_id,  # last: for the repo's former names (``BundleRecord.former_names``)
 )
 
 
-class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin):
+class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin, RewritesMixin):
     """The metadata database at one SQLAlchemy URL (``sqlite:///…`` or ``postgresql+psycopg://…``).
 
     Safe to share between threads; each method is one transaction. See ``base.py`` for how
@@ -71,6 +83,7 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin):
             .on_conflict_do_nothing(index_elements=["name"])
         )
         with self._write() as conn:
+            self._check_not_former_name(conn, name)
             if self._rowcount(conn, stmt) != 1:
                 raise Conflict(
                     f"repo {name!r} already exists", "choose another name or use the existing repo"
@@ -93,8 +106,8 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin):
         check_lookup("repo", name)
         with self._read() as conn:
             row = conn.execute(self._repo_query().where(repos.c.name == name)).first()
-        if row is None:
-            raise NotFound(f"repo {name!r} does not exist", "list repos with `datamon repo list`")
+            if row is None:
+                raise self._repo_not_found(conn, name)
         return RepoRecord(*row)
 
     def list_repos(self) -> list[RepoRecord]:
@@ -116,6 +129,8 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin):
             conn.execute(delete(labels).where(labels.c.repo_id == rid))
             conn.execute(delete(bundle_parents).where(bundle_parents.c.bundle_id.in_(in_repo)))
             conn.execute(delete(bundles).where(bundles.c.repo_id == rid))
+            conn.execute(delete(bundle_rewrites).where(bundle_rewrites.c.repo_id == rid))
+            conn.execute(delete(repo_renames).where(repo_renames.c.repo_id == rid))
             conn.execute(delete(repos).where(repos.c.id == rid))
 
     def add_bundle(self, b: BundleRecord) -> None:
@@ -173,6 +188,7 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin):
 
     def _bundle_records(self, conn: Connection, rows: Sequence[Any]) -> list[BundleRecord]:
         parents = self._parents(conn, [r[0] for r in rows])
+        former = self._former_names(conn, [r[10] for r in rows]) if rows else {}
         return [
             BundleRecord(
                 id=r[0],
@@ -186,6 +202,7 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin):
                 file_count=r[7],
                 total_size=r[8],
                 record=bytes(r[9]),
+                former_names=former.get(r[10], ()),
             )
             for r in rows
         ]
@@ -263,7 +280,7 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin):
                 .all()
             )
             if not ids:
-                raise self._bundle_not_found(conn, repo, f"id prefix {p!r}")
+                raise self._bundle_not_found(conn, repo, f"id prefix {p!r}", prefix=p)
             if len(ids) > 1:
                 raise AmbiguousId(p, list(ids))
             return self._get_bundle(conn, repo, ids[0])
