@@ -209,7 +209,7 @@ def bundle_row(b: Any, labels: list[str] | None = None) -> dict[str, Any]:
     f = verified_fields(b)
     return {
         "id": b.id,
-        "repo": f.repo,
+        "repo": b.repo,  # the current name: a renamed repo's records keep the one they were made under
         "time": iso(f.time_ns),
         "contributor": f"{f.contributor_name} <{f.contributor_email}>"
         if f.contributor_email

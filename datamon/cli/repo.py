@@ -35,7 +35,11 @@ def _row(r: object, dm: object = None) -> dict[str, object]:
 def _text(row: dict[str, object]) -> str:
     who = f"{row['creator']} <{row['creator_email']}>" if row["creator"] or row["creator_email"] else "-"
     size = f"\t{row['size']} B logical, {row['stored']} B stored" if "size" in row else ""
-    return f"{row['name']}\t{row['time']}\t{row['bundles']} bundles\t{who}\t{row['description']}{size}"
+    names = row.get("former_names")
+    former = f"\t(formerly {', '.join(str(n) for n in names)})" if isinstance(names, list) and names else ""
+    return (
+        f"{row['name']}\t{row['time']}\t{row['bundles']} bundles\t{who}\t{row['description']}{size}{former}"
+    )
 
 
 @click.group()
@@ -89,7 +93,9 @@ def repo_get(repo: str, with_size: bool, as_json: bool, fmt: str | None) -> None
       datamon repo get --repo mnist --with-size --json
     """
     dm = open_context()
-    emit([_row(dm.meta.get_repo(repo), dm if with_size else None)], as_json=as_json, fmt=fmt, text=_text)
+    row = _row(dm.meta.get_repo(repo), dm if with_size else None)
+    row["former_names"] = dm.meta.repo_names(repo)[1:]
+    emit([row], as_json=as_json, fmt=fmt, text=_text)
 
 
 @repo.group("delete", invoke_without_command=True)
