@@ -5,7 +5,9 @@ the blob store. Every pack blob's footer and index are read (two ranged reads pe
 recorded with ``add_pack``, which keeps rows that exist, so running it again changes
 nothing. Run records (lineage) are in the blob store too (``runs/<id>``): their rows are
 rebuilt from those blobs, and a row whose blob copy is missing gets it back. Bundles, labels and
-repos are not in the blob store: they come back only with a backup of the database.
+repos are not in the blob store: they come back only with a backup of the database. The file index
+(``datamon query``'s ``files`` view) is derived from bundles' trees and attribute objects: bundles
+it lacks are indexed again (``files=True`` drops it first and rebuilds all of it).
 
 A pack may hold objects gc had already dropped from the index (garbage it had not rewritten
 yet). Putting those back is harmless, except for a file map whose chunks gc has since
@@ -38,6 +40,7 @@ class ReindexReport:
     runs: int = 0  # run records found in the blob store
     added_runs: int = 0  # run rows rebuilt from them
     restored_run_blobs: int = 0  # blob copies written back from run rows
+    indexed_bundles: int = 0  # bundles (re)added to the file index
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)  # unreadable packs, left alone
 
@@ -47,8 +50,9 @@ class ReindexReport:
         return d
 
 
-def reindex(ctx: Context) -> ReindexReport:
-    """Index every object of every pack in the blob store. Idempotent.
+def reindex(ctx: Context, *, files: bool = False) -> ReindexReport:
+    """Index every object of every pack in the blob store, and every bundle missing from the file
+    index (all of them with ``files``, which drops the file index first). Idempotent.
 
     Takes the gc lock (``Conflict``, exit 3, while a gc runs). Unreadable packs are listed in
     ``problems`` and skipped; ``datamon verify`` shows what they affect.
@@ -81,6 +85,7 @@ def reindex(ctx: Context) -> ReindexReport:
                 added_filemaps += [(e[0], pack, *e[1:]) for e in new if e[4] == Kind.FILEMAP]
         report.dropped_filemaps = _drop_dangling_filemaps(ctx, added_filemaps, report)
         _reindex_runs(ctx, report)
+        _reindex_files(ctx, report, rebuild=files)
     finally:
         lock.release()
     report.seconds = time.perf_counter() - t0
@@ -133,3 +138,21 @@ def _reindex_runs(ctx: Context, report: ReindexReport) -> None:
             continue
         ctx.cas.blobs.put(RUN_BLOB_PREFIX + r.id, r.raw)
         report.restored_run_blobs += 1
+
+
+def _reindex_files(ctx: Context, report: ReindexReport, *, rebuild: bool) -> None:
+    from datamon.api.bundles import check_record
+    from datamon.api.fileindex import index_bundle
+    from datamon.errors import DatamonError
+
+    if rebuild:
+        ctx.meta.clear_file_index()
+    for repo, bid in ctx.meta.unindexed_bundles():
+        try:
+            b = ctx.meta.get_bundle(repo, bid)
+            check_record(b)
+            index_bundle(ctx, b)
+        except DatamonError as e:
+            report.problems.append(f"bundle {bid} of repo {repo!r} not indexed: {e.message}")
+            continue
+        report.indexed_bundles += 1

@@ -37,9 +37,9 @@ def _register() -> None:
 
     for group in (repo.repo, bundle.bundle, label.label, setup.context, setup.config):
         cli.add_command(group)
-    from datamon.cli import integrity, lfs, mount, pin, retention, run
+    from datamon.cli import integrity, lfs, mount, pin, query, retention, run
 
-    for mod in (integrity, mount, lfs, pin, run, retention):
+    for mod in (integrity, mount, lfs, pin, run, retention, query):
         mod.register(cli)
 
 

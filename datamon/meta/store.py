@@ -15,12 +15,22 @@ from typing import Any, Final
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from datamon.errors import AmbiguousId, Conflict, NotFound, UsageError
+from datamon.meta.attrs import AttrsMixin
 from datamon.meta.base import BATCH, batches
 from datamon.meta.index import ObjectIndexMixin
 from datamon.meta.labels import ANY, LabelsMixin
 from datamon.meta.records import BundleRecord, RepoRecord
 from datamon.meta.runs import RunsMixin
-from datamon.meta.schema import bundle_parents, bundles, label_history, labels, lfs_objects, locks, repos
+from datamon.meta.schema import (
+    bundle_parents,
+    bundles,
+    label_history,
+    labels,
+    lfs_objects,
+    locks,
+    repo_schemas,
+    repos,
+)
 from datamon.names import check_lookup, check_name, check_text
 
 __all__ = ["ANY", "MetadataStore"]
@@ -42,7 +52,7 @@ _BUNDLE_COLS: Final = (
 )
 
 
-class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin):
+class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin, AttrsMixin):
     """The metadata database at one SQLAlchemy URL (``sqlite:///…`` or ``postgresql+psycopg://…``).
 
     Safe to share between threads; each method is one transaction. See ``base.py`` for how
@@ -114,6 +124,7 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin):
             conn.execute(delete(lfs_objects).where(lfs_objects.c.repo_id == rid))
             conn.execute(delete(label_history).where(label_history.c.repo_id == rid))
             conn.execute(delete(labels).where(labels.c.repo_id == rid))
+            conn.execute(delete(repo_schemas).where(repo_schemas.c.repo_id == rid))
             conn.execute(delete(bundle_parents).where(bundle_parents.c.bundle_id.in_(in_repo)))
             conn.execute(delete(bundles).where(bundles.c.repo_id == rid))
             conn.execute(delete(repos).where(repos.c.id == rid))
