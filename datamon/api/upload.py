@@ -102,8 +102,7 @@ def upload(
 
     bundle_meta: Mapping[str, Any] | None = meta
     t0 = time.perf_counter()
-    meta = ctx.meta
-    meta.get_repo(repo)
+    ctx.meta.get_repo(repo)
     if not message:
         raise UsageError("a bundle needs a message", "pass --message")
     root = check_root(path)
@@ -134,7 +133,7 @@ def upload(
     from datamon.api.bundles import make_bundle
 
     if parent_ids is None:
-        latest = meta.latest_bundle(repo)
+        latest = ctx.meta.latest_bundle(repo)
         parent_ids = [latest.id] if latest else []
     who = ctx.contributor
     bundle_meta, attrs_key = extras.finish(ctx, tree_hex, parent_ids)
@@ -154,7 +153,7 @@ def upload(
     from datamon.api.fileindex import index_bundle
 
     index_bundle(ctx, bundle)  # before the bundle row: a bundle is never there without its index
-    meta.add_bundle(bundle)
+    ctx.meta.add_bundle(bundle)
     if label:
         from datamon.api.labels import set_label
 

@@ -142,8 +142,8 @@ class AttrsMixin(StoreBase):
                 if len(links) + len(files) >= INDEX_BATCH_ROWS:
                     flush()
             flush()
-            for chunk in batches(marks, 5000):
-                conn.execute(insert(index_nodes), list(chunk))
+            for start in range(0, len(marks), 5000):
+                conn.execute(insert(index_nodes), marks[start : start + 5000])
         return added
 
     def set_bundle_index(self, bundle_id: str, node: bytes) -> None:

@@ -305,13 +305,13 @@ def _pg_query(url: str, sql: str, columns: list[SchemaColumn], timeout_s: float)
         qualified = '"' + (schema[0] if schema else "public").replace('"', '""') + '"'
         with conn.transaction():
             for stmt in view_sql("postgresql", columns, qualified + ".").values():
-                conn.execute(stmt)  # type: ignore[arg-type]
+                conn.execute(stmt.encode())
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         conn.execute(f"SET LOCAL statement_timeout = {max(1, int(timeout_s * 1000))}")
         conn.execute("SELECT 1")  # a transaction's read-write mode is fixed by its first query
         cur = conn.cursor()
         try:
-            cur.execute("DECLARE datamon_query NO SCROLL CURSOR FOR " + sql, prepare=True)  # type: ignore[arg-type]
+            cur.execute(("DECLARE datamon_query NO SCROLL CURSOR FOR " + sql).encode(), prepare=True)
             cur.execute("FETCH 0 FROM datamon_query")
         except psycopg.errors.QueryCanceled:
             raise _refused(f"it ran longer than {timeout_s:g} s (--timeout)") from None

@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 metadata = MetaData()
 
 # JSON text on SQLite, JSONB on PostgreSQL (so ``attrs->>'x'`` needs no parse per row there).
-JSON_TEXT = Text().with_variant(JSONB(), "postgresql")
+JSON_TEXT = Text().with_variant(JSONB(none_as_null=True), "postgresql")
 
 repos = Table(
     "repos",
