@@ -158,6 +158,13 @@ class Context:
 
         return query_df(self, sql, **kw)
 
+    def slice(self, to_repo: str, message: str, **kw: Any) -> Any:
+        """A bundle of chosen files of other bundles, moving no data (``api/slice.py``): give
+        ``repo=``, ``bundle=``/``label=`` and ``where=``, or ``query=``."""
+        from datamon.api.slice import slice_bundle
+
+        return slice_bundle(self, message=message, to_repo=to_repo, **kw)
+
     def set_schema(self, repo: str, schema: Mapping[str, Any]) -> Any:
         """Set ``repo``'s schema (docs/query.md#schemas); ``{}`` lifts it."""
         from datamon.api.attributes import set_schema

@@ -164,8 +164,73 @@ def schema_get(repo: str, history: bool, as_json: bool, fmt: str | None) -> None
     )
 
 
+# --- bundle slice ------------------------------------------------------------------------------
+
+
+@click.command("slice")
+@click.option("--repo", help="Repo of the source bundle (with --where).")
+@click.option("--bundle", metavar="ID", help="Source bundle id or prefix (default: the latest).")
+@click.option("--label", metavar="NAME", help="Source bundle by label.")
+@click.option("--where", metavar="SQL", help="A condition over the columns of the files view.")
+@click.option("--query", metavar="SQL", help="A query returning repo, bundle, path rows (any bundles).")
+@click.option("--message", required=True, help="What the new bundle is.")
+@click.option("--to-repo", metavar="REPO", help="Repo of the new bundle (default: --repo).")
+@click.option("--set-label", "new_label", metavar="NAME", help="Point this label at the new bundle.")
+@click.option("--meta", "meta_pairs", multiple=True, metavar="KEY=VALUE", help="Bundle metadata (repeat).")
+@output_options
+@context_option
+def slice_cmd(
+    repo: str | None,
+    bundle: str | None,
+    label: str | None,
+    where: str | None,
+    query: str | None,
+    message: str,
+    to_repo: str | None,
+    new_label: str | None,
+    meta_pairs: tuple[str, ...],
+    as_json: bool,
+    fmt: str | None,
+) -> None:
+    """Make a bundle of chosen files of other bundles, moving no data; prints its id.
+
+    The files keep their bytes, modes, times and attributes; the parents are the source bundles.
+
+    \b
+    Example:
+      datamon bundle slice --repo pets --label prod --where "label = 'cat'" --message cats --set-label cats
+      datamon bundle slice --to-repo mix --message m --query "SELECT repo, bundle, path FROM files"
+    """
+    from datamon.api.attributes import parse_meta_args
+    from datamon.api.slice import slice_bundle
+    from datamon.cli.render import bundle_row
+    from datamon.errors import UsageError
+
+    target = to_repo or repo
+    if not target:
+        raise UsageError("give --to-repo (or --repo)")
+    r = slice_bundle(
+        open_context(),
+        message=message,
+        to_repo=target,
+        repo=repo,
+        bundle=bundle,
+        label=label,
+        where=where,
+        query=query,
+        new_label=new_label,
+        meta=parse_meta_args(meta_pairs, None),
+    )
+    row = bundle_row(r.bundle, [new_label] if new_label else [])
+    emit([row], as_json=as_json, fmt=fmt, text=lambda row: str(row["id"]))
+    stderr(f"sliced {r.files} files ({r.bytes} bytes) from {len(r.sources)} bundle(s); no data copied")
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(query_cmd)
+    bundle_group = cli.commands.get("bundle")
+    if isinstance(bundle_group, click.Group):
+        bundle_group.add_command(slice_cmd)
     repo_group = cli.commands.get("repo")
     if isinstance(repo_group, click.Group):
         repo_group.add_command(schema)
