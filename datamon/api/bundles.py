@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from datamon.meta.records import BundleRecord
 
 RECORD_VERSION = 1
+RECORD_VERSION_EXTRAS = 2  # a record with "meta" or "attrs" (docs/format.md)
 
 T = TypeVar("T")
 
@@ -60,9 +61,15 @@ def encode_record(
     time_ns: int,
     file_count: int,
     total_size: int,
+    meta: Mapping[str, object] | None = None,
+    attrs: str | None = None,
 ) -> bytes:
-    """Canonical bundle record (docs/format.md): compact JSON, sorted keys, UTF-8."""
-    record = {
+    """Canonical bundle record (docs/format.md): compact JSON, sorted keys, UTF-8.
+
+    ``meta`` (bundle metadata) and ``attrs`` (hex key of the file attributes object) are written
+    only when given and non-empty, in a version-2 record; without them the record is the version-1
+    record, byte for byte."""
+    record: dict[str, object] = {
         "contributor": {"email": contributor_email, "name": contributor_name},
         "files": file_count,
         "message": message,
@@ -73,6 +80,17 @@ def encode_record(
         "tree": tree,
         "version": RECORD_VERSION,
     }
+    if meta:
+        from datamon.meta.records import meta_problem
+
+        problem = meta_problem(dict(meta))
+        if problem:
+            raise UsageError(f"bundle metadata cannot be stored: {problem}")
+        record["meta"] = dict(meta)
+    if attrs:
+        record["attrs"] = attrs
+    if meta or attrs:
+        record["version"] = RECORD_VERSION_EXTRAS
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -87,6 +105,8 @@ def make_bundle(
     time_ns: int,
     file_count: int,
     total_size: int,
+    meta: Mapping[str, object] | None = None,
+    attrs: str | None = None,
 ) -> BundleRecord:
     """A new bundle record; its id is the BLAKE3 of its canonical encoding."""
     from datamon.cas.hashing import key_of
@@ -102,6 +122,8 @@ def make_bundle(
         time_ns=time_ns,
         file_count=file_count,
         total_size=total_size,
+        meta=meta,
+        attrs=attrs,
     )
     return BundleRecord(
         id=key_of(raw).hex(),

@@ -139,6 +139,38 @@ class Context:
     def get_label(self, repo: str, label: str) -> LabelRecord:
         return self.meta.get_label(repo, label)
 
+    def query(self, sql: str, **kw: Any) -> list[dict[str, Any]]:
+        """Rows of a read-only SQL query over the views ``files``, ``bundles``, ``labels``,
+        ``label_history``, ``repos`` (docs/query.md), as dicts."""
+        from datamon.api.query import query
+
+        return query(self, sql, **kw)
+
+    def iter_query(self, sql: str, **kw: Any) -> Iterator[dict[str, Any]]:
+        """``query``, streamed."""
+        from datamon.api.query import iter_query
+
+        return iter_query(self, sql, **kw)
+
+    def query_df(self, sql: str, **kw: Any) -> Any:
+        """``query`` as a pandas DataFrame (needs pandas)."""
+        from datamon.api.query import query_df
+
+        return query_df(self, sql, **kw)
+
+    def slice(self, to_repo: str, message: str, **kw: Any) -> Any:
+        """A bundle of chosen files of other bundles, moving no data (``api/slice.py``): give
+        ``repo=``, ``bundle=``/``label=`` and ``where=``, or ``query=``."""
+        from datamon.api.slice import slice_bundle
+
+        return slice_bundle(self, message=message, to_repo=to_repo, **kw)
+
+    def set_schema(self, repo: str, schema: Mapping[str, Any]) -> Any:
+        """Set ``repo``'s schema (docs/query.md#schemas); ``{}`` lifts it."""
+        from datamon.api.attributes import set_schema
+
+        return set_schema(self, repo, schema)
+
     def run(self, inputs: Mapping[str, str], outputs: Mapping[str, str], **kw: Any) -> Run:
         """A recorded pipeline step, for ``with``: ``r.input(name)`` is a directory holding that
         input, ``r.output(name)`` a directory uploaded as a bundle when the block ends (nothing

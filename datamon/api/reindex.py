@@ -9,6 +9,10 @@ the blob store too (``renames/<id>``, ``api/rename.py``): a rename the database 
 replayed when its repo still has the old name, so run records naming the new name find their repo.
 Bundles, labels and repos are not in the blob store: they come back only with a backup of the
 database.
+rebuilt from those blobs, and a row whose blob copy is missing gets it back. Bundles, labels and
+repos are not in the blob store: they come back only with a backup of the database. The file index
+(``datamon query``'s ``files`` view) is derived from bundles' trees and attribute objects: bundles
+it lacks are indexed again (``files=True`` drops it first and rebuilds all of it).
 
 A pack may hold objects gc had already dropped from the index (garbage it had not rewritten
 yet). Putting those back is harmless, except for a file map whose chunks gc has since
@@ -45,6 +49,7 @@ class ReindexReport:
     replayed_renames: int = 0  # renames the database did not know, applied
     restored_rename_blobs: int = 0  # blob copies of renames written back from the database
     renamed: list[str] = field(default_factory=list)  # renames replayed: "old -> new"
+    indexed_bundles: int = 0  # bundles (re)added to the file index
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)  # unreadable packs, left alone
 
@@ -54,8 +59,9 @@ class ReindexReport:
         return d
 
 
-def reindex(ctx: Context) -> ReindexReport:
-    """Index every object of every pack in the blob store. Idempotent.
+def reindex(ctx: Context, *, files: bool = False) -> ReindexReport:
+    """Index every object of every pack in the blob store, and every bundle missing from the file
+    index (all of them with ``files``, which drops the file index first). Idempotent.
 
     Takes the gc lock (``Conflict``, exit 3, while a gc runs). Unreadable packs are listed in
     ``problems`` and skipped; ``datamon verify`` shows what they affect.
@@ -89,6 +95,7 @@ def reindex(ctx: Context) -> ReindexReport:
         report.dropped_filemaps = _drop_dangling_filemaps(ctx, added_filemaps, report)
         _reindex_runs(ctx, report)
         _reindex_renames(ctx, report)
+        _reindex_files(ctx, report, rebuild=files)
     finally:
         lock.release()
     report.seconds = time.perf_counter() - t0
@@ -152,3 +159,21 @@ def _reindex_runs(ctx: Context, report: ReindexReport) -> None:
             continue
         ctx.cas.blobs.put(RUN_BLOB_PREFIX + r.id, r.raw)
         report.restored_run_blobs += 1
+
+
+def _reindex_files(ctx: Context, report: ReindexReport, *, rebuild: bool) -> None:
+    from datamon.api.bundles import check_record
+    from datamon.api.fileindex import index_bundle
+    from datamon.errors import DatamonError
+
+    if rebuild:
+        ctx.meta.clear_file_index()
+    for repo, bid in ctx.meta.unindexed_bundles():
+        try:
+            b = ctx.meta.get_bundle(repo, bid)
+            check_record(b)
+            index_bundle(ctx, b)
+        except DatamonError as e:
+            report.problems.append(f"bundle {bid} of repo {repo!r} not indexed: {e.message}")
+            continue
+        report.indexed_bundles += 1

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from datamon.api.localtree import LocalDir, LocalFile, check_root, scan, scan_listed
 from datamon.api.progress import NoProgress, Progress
@@ -86,30 +86,45 @@ def upload(
     parents: Sequence[str] | None = None,
     concurrency: int | None = None,
     progress: Progress | None = None,
+    meta: Mapping[str, Any] | None = None,
+    attributes: Any = None,
 ) -> UploadResult:
     """Upload directory ``path`` to ``repo`` as a new bundle and optionally point ``label`` at it.
 
     ``files`` restricts the upload to those paths relative to ``path``. Unreadable files
     raise ``UsageError`` unless ``skip_on_error`` (then they are listed in ``skipped``).
+    ``meta`` (a JSON object) goes into the bundle record; ``attributes`` (a file, rows or a
+    DataFrame with a ``path`` column, see ``api/attributes.py``) become the files' attributes.
+    Both are checked against the repo's schema before anything is written.
     Raises ``NotFound`` for an unknown repo or parent. Safe to interrupt and rerun.
     """
+    from datamon.api import attributes as attrs
+
+    bundle_meta: Mapping[str, Any] | None = meta
     t0 = time.perf_counter()
-    meta = ctx.meta
-    meta.get_repo(repo)
+    ctx.meta.get_repo(repo)
     if not message:
         raise UsageError("a bundle needs a message", "pass --message")
     parent_ids = [parent_id(ctx, repo, p) for p in parents] if parents else None
+    extras = attrs.prepare(ctx, repo, meta=bundle_meta, attributes=attributes, parents=parent_ids)
     t = upload_tree(
-        ctx, path, files=files, skip_on_error=skip_on_error, concurrency=concurrency, progress=progress
+        ctx,
+        path,
+        files=files,
+        skip_on_error=skip_on_error,
+        concurrency=concurrency,
+        progress=progress,
+        check_paths=extras.check_paths,
     )
     tree_hex, nfiles, nbytes = t.tree, t.files, t.bytes
 
     from datamon.api.bundles import make_bundle
 
     if parent_ids is None:
-        latest = meta.latest_bundle(repo)
+        latest = ctx.meta.latest_bundle(repo)
         parent_ids = [latest.id] if latest else []
     who = ctx.contributor
+    bundle_meta, attrs_key = extras.finish(ctx, tree_hex, parent_ids)
     bundle = make_bundle(
         repo=repo,
         tree=tree_hex,
@@ -120,8 +135,13 @@ def upload(
         time_ns=time.time_ns(),
         file_count=nfiles,
         total_size=nbytes,
+        meta=bundle_meta,
+        attrs=attrs_key,
     )
-    meta.add_bundle(bundle)
+    from datamon.api.fileindex import index_bundle
+
+    index_bundle(ctx, bundle)  # before the bundle row: a bundle is never there without its index
+    ctx.meta.add_bundle(bundle)
     if label:
         from datamon.api.labels import set_label
 
@@ -160,16 +180,20 @@ def upload_tree(
     skip_on_error: bool = False,
     concurrency: int | None = None,
     progress: Progress | None = None,
+    check_paths: Callable[[Iterable[str]], None] | None = None,
 ) -> TreeUpload:
     """Store directory ``path`` (or only ``files`` under it) in the content store and return its
     root tree: everything a bundle needs except the bundle. ``upload`` and diamond splits use it.
     Everything it writes is content-addressed, so an interrupted call leaves only objects that a
-    rerun deduplicates against (and ``gc`` removes if nothing ever references them)."""
+    rerun deduplicates against (and ``gc`` removes if nothing ever references them).
+    ``check_paths`` sees every file's bundle path before anything is written (and may raise)."""
     root = check_root(path)
     errors = _Errors(skip_on_error)
     top = scan_listed(root, list(files), errors) if files is not None else scan(root, errors)
     progress = progress or NoProgress()
     all_files = list(top.iter_files())
+    if check_paths is not None:
+        check_paths(os.path.relpath(f.path, root).replace(os.sep, "/") for f in all_files)
     progress.start(len(all_files), sum(f.st.st_size for f in all_files))
 
     statcache = StatCache(ctx.state_dir)

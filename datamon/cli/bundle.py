@@ -55,6 +55,13 @@ def _bundle_text(row: dict[str, object]) -> str:
     type=BundleId(),
     help="Parent bundle(s) (default: the latest).",
 )
+@click.option("--meta", "meta_pairs", multiple=True, metavar="KEY=VALUE", help="Bundle metadata (repeat).")
+@click.option("--meta-file", type=click.Path(dir_okay=False), help="Bundle metadata from a JSON object.")
+@click.option(
+    "--attributes",
+    type=click.Path(dir_okay=False),
+    help="File attributes: JSON Lines, CSV or Parquet with a 'path' column.",
+)
 @concurrency_option
 @output_options
 @context_option
@@ -67,6 +74,9 @@ def bundle_upload(
     skip_on_error: bool,
     parents: tuple[str, ...],
     concurrency: int | None,
+    meta_pairs: tuple[str, ...],
+    meta_file: str | None,
+    attributes: str | None,
     as_json: bool,
     fmt: str | None,
 ) -> None:
@@ -75,7 +85,9 @@ def bundle_upload(
     \b
     Example:
       datamon bundle upload --repo mnist --path ./data --message "add test split" --label prod
+      datamon bundle upload --repo mnist --path ./data --message m --meta source=scan --attributes a.csv
     """
+    from datamon.api.attributes import parse_meta_args
     from datamon.api.upload import upload
 
     files = None
@@ -93,6 +105,8 @@ def bundle_upload(
         parents=list(parents) or None,
         concurrency=concurrency,
         progress=RichProgress("upload"),
+        meta=parse_meta_args(meta_pairs, meta_file),
+        attributes=attributes,
     )
     for p, err in r.skipped:
         stderr(f"skipped {p}: {err}")

@@ -148,8 +148,9 @@ def admin() -> None:
 
 @admin.command("reindex")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--files", is_flag=True, help="Also drop the file index (`datamon query`) and rebuild it all.")
 @context_option
-def reindex_cmd(as_json: bool) -> None:
+def reindex_cmd(as_json: bool, files: bool) -> None:
     """Rebuild the object index from the packs in the blob store (safe to repeat).
 
     The recovery path when the metadata database is lost or restored from an old backup.
@@ -161,7 +162,7 @@ def reindex_cmd(as_json: bool) -> None:
     """
     from datamon.api.reindex import reindex
 
-    r = reindex(open_context())
+    r = reindex(open_context(), files=files)
     if as_json:
         _json_line(r.as_dict())
     for p in r.problems:
@@ -178,7 +179,7 @@ def reindex_cmd(as_json: bool) -> None:
             if r.renames or r.restored_rename_blobs
             else ""
         )
-        + f"in {r.seconds:.1f}s"
+        + f"{r.indexed_bundles} bundles added to the file index, in {r.seconds:.1f}s"
     )
 
 

@@ -220,6 +220,7 @@ def bundle_row(b: Any, labels: list[str] | None = None) -> dict[str, Any]:
         "tree": f.tree,
         "files": f.file_count,
         "size": f.total_size,
+        "meta": f.meta,
     }
 
 

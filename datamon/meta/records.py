@@ -33,6 +33,35 @@ class BundleRecord:
     # Names the repo had before ``repo rename`` (its records keep the name they were written under).
     former_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
+    @property
+    def meta(self) -> dict[str, object]:
+        """The bundle's metadata (``--meta``), from its record; ``{}`` when it has none."""
+        return _record_extras(self.record)[0]
+
+    @property
+    def attrs(self) -> str | None:
+        """The key (hex) of the bundle's file attributes object in the blob store, or ``None``."""
+        return _record_extras(self.record)[1]
+
+
+def _record_extras(raw: bytes) -> tuple[dict[str, object], str | None]:
+    """``meta`` and ``attrs`` of a record, without judging it (``decode_record`` does that):
+    anything unexpected reads as absent."""
+    import json
+
+    try:
+        d = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}, None
+    if not isinstance(d, dict):
+        return {}, None
+    meta = d.get("meta")
+    attrs = d.get("attrs")
+    return (
+        dict(meta) if isinstance(meta, dict) else {},
+        attrs if _is_hex64(attrs) else None,
+    )
+
 
 @dataclass(frozen=True)
 class LabelRecord:
@@ -71,6 +100,12 @@ PackEntry = tuple[bytes, int, int, int, int, int]
 # --- the canonical bundle record (docs/format.md), decoded for display -------------------------
 
 RECORD_VERSION = 1
+# Version 2 is version 1 plus the optional keys below; a record without them is written as version 1,
+# byte for byte what older datamons wrote, so bundles without metadata keep their ids.
+RECORD_VERSION_EXTRAS = 2
+_OPTIONAL_KEYS = frozenset({"meta", "attrs"})
+MAX_META_BYTES = 64 << 10
+MAX_META_KEY = 255
 MAX_RECORD_BYTES = 16 << 20
 _RECORD_KEYS = frozenset(
     {"contributor", "files", "message", "parents", "repo", "size", "time_ns", "tree", "version"}
@@ -92,6 +127,8 @@ class RecordFields:
     time_ns: int
     file_count: int
     total_size: int
+    meta: dict[str, object] = field(default_factory=dict)
+    attrs: str | None = None
 
 
 def _damaged(bundle_id: str, why: str) -> Exception:
@@ -141,10 +178,18 @@ def decode_record(raw: bytes, bundle_id: str = "") -> RecordFields:
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise _damaged(bundle_id, f"not JSON: {str(e)[:80]}") from None
-    if not isinstance(d, dict) or set(d) != _RECORD_KEYS:
+    if not isinstance(d, dict) or not _RECORD_KEYS <= set(d) <= _RECORD_KEYS | _OPTIONAL_KEYS:
         raise _damaged(bundle_id, "not a bundle record")
-    if not _int_in(d["version"], RECORD_VERSION, RECORD_VERSION + 1):
-        raise _damaged(bundle_id, f"version {str(d['version'])[:20]}, not {RECORD_VERSION}")
+    extras = set(d) - _RECORD_KEYS
+    version = RECORD_VERSION_EXTRAS if extras else RECORD_VERSION
+    if not _int_in(d["version"], version, version + 1):
+        raise _damaged(bundle_id, f"version {str(d['version'])[:20]}, not {version}")
+    if "meta" in d:
+        problem = meta_problem(d["meta"])
+        if problem or not d["meta"]:
+            raise _damaged(bundle_id, f"bad meta: {problem or 'empty'}")
+    if "attrs" in d and not _is_hex64(d["attrs"]):
+        raise _damaged(bundle_id, "bad attributes key")
     c = d["contributor"]
     if not isinstance(c, dict) or set(c) != {"email", "name"}:
         raise _damaged(bundle_id, "bad contributor")
@@ -175,7 +220,48 @@ def decode_record(raw: bytes, bundle_id: str = "") -> RecordFields:
         time_ns=d["time_ns"],
         file_count=d["files"],
         total_size=d["size"],
+        meta=d.get("meta", {}),
+        attrs=d.get("attrs"),
     )
+
+
+def _meta_value_ok(v: object, depth: int = 0) -> bool:
+    if v is None or isinstance(v, bool | str):
+        return not isinstance(v, str) or not any("\ud800" <= ch <= "\udfff" for ch in v)
+    if isinstance(v, int):
+        return -_INT64 <= v < _INT64
+    if isinstance(v, float):
+        import math
+
+        return math.isfinite(v)
+    if depth >= 8:
+        return False
+    if isinstance(v, list):
+        return all(_meta_value_ok(x, depth + 1) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _meta_value_ok(x, depth + 1) for k, x in v.items())
+    return False
+
+
+def meta_problem(meta: object) -> str | None:
+    """Why ``meta`` cannot be a bundle's metadata, or ``None`` when it can: a JSON object whose keys
+    are 1-255 characters without NUL, whose values are JSON (finite numbers, integers within 64 bits,
+    nesting at most 8 deep), at most 64 KiB encoded."""
+    import json
+
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    for k in meta:
+        if not isinstance(k, str) or not 0 < len(k) <= MAX_META_KEY or "\x00" in k:
+            return f"key {str(k)[:40]!r} is not 1-{MAX_META_KEY} characters without NUL"
+        if any("\ud800" <= ch <= "\udfff" for ch in k):
+            return f"key {k[:40]!r} is not valid Unicode"
+        if not _meta_value_ok(meta[k]):
+            return f"the value of {k[:40]!r} is not storable JSON"
+    size = len(json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_META_BYTES:
+        return f"{size} bytes encoded, more than {MAX_META_BYTES}"
+    return None
 
 
 def record_mismatch(b: BundleRecord, f: RecordFields) -> list[str]:
@@ -194,3 +280,21 @@ def record_mismatch(b: BundleRecord, f: RecordFields) -> list[str]:
         ("size", b.total_size, f.total_size),
     )
     return [name for name, column, recorded in pairs if column != recorded]
+
+
+@dataclass(frozen=True)
+class SchemaRecord:
+    """One version of a repo's schema (``repo schema set``): canonical JSON text, ``{}`` for none."""
+
+    repo: str
+    version: int
+    schema: str
+    time_ns: int
+    contributor: str
+
+
+# One node of the file index (docs/query.md): its id, its links (seq, name, child) and its files
+# (name, kind, size, key, mode, mtime_ns, attrs as canonical JSON text or None).
+IndexLink = tuple[int, str, bytes]
+IndexFile = tuple[str, int, int, bytes, int, int, str | None]
+IndexNode = tuple[bytes, list[IndexLink], list[IndexFile]]

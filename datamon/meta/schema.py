@@ -23,8 +23,12 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
+
+# JSON text on SQLite, JSONB on PostgreSQL (so ``attrs->>'x'`` needs no parse per row there).
+JSON_TEXT = Text().with_variant(JSONB(none_as_null=True), "postgresql")
 
 repos = Table(
     "repos",
@@ -214,4 +218,63 @@ erasures = Table(
     metadata,
     Column("key", LargeBinary(32), primary_key=True),
     Column("time_ns", BigInteger, nullable=False),
+)
+
+# Repo schemas (docs/query.md): every ``repo schema set`` adds a version; the newest is in force.
+repo_schemas = Table(
+    "repo_schemas",
+    metadata,
+    Column("repo_id", Integer, ForeignKey("repos.id"), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("schema", Text, nullable=False),  # canonical JSON; "{}" lifts the schema
+    Column("time_ns", BigInteger, nullable=False),
+    Column("contributor", Text, nullable=False, server_default=""),
+)
+
+# The file index behind the ``files`` view (docs/query.md, "index design"). Content-addressed like
+# trees: a node is a directory (or a page of a large directory) together with the attributes of the
+# files below it, and its id is a BLAKE3 of exactly what its rows hold, so bundles share every node
+# they have in common. Nodes are only ever added; all three tables are derived from the blob store
+# (trees and attribute objects) and ``admin reindex`` rebuilds them.
+index_nodes = Table(
+    "index_nodes",
+    metadata,
+    Column("node", LargeBinary(32), primary_key=True),
+    sqlite_with_rowid=False,
+)
+
+# A node's subdirectories (``name`` set) or, for a large directory, its pages (``name`` empty).
+index_links = Table(
+    "index_links",
+    metadata,
+    Column("node", LargeBinary(32), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("name", Text, nullable=False),
+    Column("child", LargeBinary(32), nullable=False),
+    sqlite_with_rowid=False,
+)
+
+# A node's files and symlinks, with their attributes.
+index_files = Table(
+    "index_files",
+    metadata,
+    Column("node", LargeBinary(32), primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("kind", SmallInteger, nullable=False),  # 1 file, 3 symlink (as in trees)
+    Column("size", BigInteger, nullable=False),
+    Column("key", LargeBinary(32), nullable=False),
+    Column("mode", Integer, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("attrs", JSON_TEXT, nullable=True),
+    sqlite_with_rowid=False,
+)
+
+# The root node of each indexed bundle. No foreign key: the bundle id determines the node (its
+# record names the tree and the attributes), so a row is never wrong, only unused once the
+# bundle is deleted.
+bundle_index = Table(
+    "bundle_index",
+    metadata,
+    Column("bundle_id", String(64), primary_key=True),
+    Column("node", LargeBinary(32), nullable=False),
 )

@@ -15,6 +15,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from datamon.errors import AmbiguousId, Conflict, UsageError
+from datamon.meta.attrs import AttrsMixin
 from datamon.meta.base import BATCH, batches
 from datamon.meta.index import ObjectIndexMixin
 from datamon.meta.labels import ANY, LabelsMixin
@@ -30,6 +31,7 @@ from datamon.meta.schema import (
     lfs_objects,
     locks,
     repo_renames,
+    repo_schemas,
     repos,
 )
 from datamon.names import check_lookup, check_name, check_text
@@ -54,7 +56,7 @@ _BUNDLE_COLS: Final = (
 )
 
 
-class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin, RewritesMixin):
+class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin, RewritesMixin, AttrsMixin):
     """The metadata database at one SQLAlchemy URL (``sqlite:///…`` or ``postgresql+psycopg://…``).
 
     Safe to share between threads; each method is one transaction. See ``base.py`` for how
@@ -127,6 +129,7 @@ class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin, RewritesMixin):
             conn.execute(delete(lfs_objects).where(lfs_objects.c.repo_id == rid))
             conn.execute(delete(label_history).where(label_history.c.repo_id == rid))
             conn.execute(delete(labels).where(labels.c.repo_id == rid))
+            conn.execute(delete(repo_schemas).where(repo_schemas.c.repo_id == rid))
             conn.execute(delete(bundle_parents).where(bundle_parents.c.bundle_id.in_(in_repo)))
             conn.execute(delete(bundles).where(bundles.c.repo_id == rid))
             conn.execute(delete(bundle_rewrites).where(bundle_rewrites.c.repo_id == rid))

@@ -1,0 +1,237 @@
+"""The file index behind ``datamon query``'s ``files`` view, built from trees and attribute objects.
+
+Design (docs/query.md, "The file index"): the index mirrors trees. A **directory node** stands for
+one directory tree together with the attributes of the files below it; its id is
+``BLAKE3("DMIDX1 dir" || tree key || attribute digest)``, so it is known before the tree is read
+and a directory that did not change between two bundles (same tree, same attributes) is the same
+node, stored once. A node's rows are its files (with their attributes as JSON) and links to its
+subdirectories' nodes. A directory of more than ``PAGE_MAX`` entries is cut into **pages** at
+content-defined boundaries (a CRC of the entry name), pages of more than ``PAGE_MAX`` pages are cut
+again, and so on; a page's id is the BLAKE3 of its rows, so changing one file of a directory of a
+million files adds one page of ~64 rows and the page links above it, not a million rows.
+
+Nodes are written children first, each batch in one transaction with its presence mark, so a node
+marked present is complete, and a crash leaves nothing that a later run would trust wrongly.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from datamon.api.context import Context
+    from datamon.cas.tree import TreeEntry
+    from datamon.meta.records import BundleRecord, IndexFile, IndexLink, IndexNode
+
+PAGE_MAX: Final = 256  # entries a node holds before it is cut into pages
+PAGE_BITS: Final = 63  # boundary after an entry whose CRC & PAGE_BITS == 0: pages of ~64 entries
+PAGE_HARD: Final = 1024  # a page never holds more than this many entries
+FLUSH_ROWS: Final = 50_000  # rows buffered before a batch of finished nodes is written
+_ZERO: Final = bytes(32)
+_TAG: Final = b"DMIDX1 "
+
+
+def _key(*parts: bytes) -> bytes:
+    from datamon.cas.hashing import key_of
+
+    return key_of(_TAG + b"".join(parts))
+
+
+def dir_node(tree: bytes, attrs_digest: bytes) -> bytes:
+    """The id of the directory node of tree ``tree`` with the attributes of digest ``attrs_digest``."""
+    return _key(b"dir ", tree, attrs_digest)
+
+
+def _text(name: str) -> str:
+    """A name as text the database stores: non-UTF-8 bytes (kept as surrogates) become ``\\xNN``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class _AttrDir:
+    files: dict[str, str]  # name -> canonical JSON of the row
+    dirs: dict[str, _AttrDir]
+    digest: bytes = _ZERO
+
+
+def _attr_trie(rows: Mapping[str, Mapping[str, Any]]) -> _AttrDir:
+    from datamon.api.attributes import canonical
+
+    top = _AttrDir({}, {})
+    for path, row in rows.items():
+        parts = path.split("/")
+        d = top
+        for p in parts[:-1]:
+            d = d.dirs.setdefault(p, _AttrDir({}, {}))
+        d.files[parts[-1]] = canonical(row)
+    # digests bottom-up, explicit stack
+    order: list[_AttrDir] = []
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        order.append(d)
+        stack.extend(d.dirs.values())
+    for d in reversed(order):
+        body = json.dumps(
+            [sorted(d.files.items()), sorted((n, s.digest.hex()) for n, s in d.dirs.items())],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        d.digest = _key(b"attrs ", body.encode("utf-8", "surrogatepass"))
+    return top
+
+
+_EMPTY_ATTRS: Final = _AttrDir({}, {})
+
+
+def _boundary(name: str, level: int) -> bool:
+    return zlib.crc32(name.encode("utf-8", "surrogatepass"), level * 0x9E3779B1 & 0xFFFFFFFF) & PAGE_BITS == 0
+
+
+class _Writer:
+    """Buffers finished nodes (children always before parents) and writes them in batches."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.meta = ctx.meta
+        self.nodes: list[IndexNode] = []
+        self.rows = 0
+        self.added = 0
+
+    def add(self, node: IndexNode) -> None:
+        self.nodes.append(node)
+        self.rows += len(node[1]) + len(node[2]) + 1
+        if self.rows >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.nodes:
+            self.added += self.meta.add_index_nodes(self.nodes)
+        self.nodes, self.rows = [], 0
+
+
+# An item of a node: ("f", name, file row) or ("d", name, child node id) or ("p", last name, page id)
+_Item = tuple[str, str, Any]
+
+
+def _page_id(items: list[_Item]) -> bytes:
+    def shown(value: Any) -> Any:
+        return value.hex() if isinstance(value, bytes) else [*value[:3], value[3].hex(), *value[4:]]
+
+    body = json.dumps(
+        [[kind, name, shown(value)] for kind, name, value in items],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return _key(b"page ", body.encode("utf-8", "surrogatepass"))
+
+
+def _node(node_id: bytes, items: list[_Item]) -> IndexNode:
+    links: list[IndexLink] = []
+    files: list[IndexFile] = []
+    for kind, name, value in items:
+        if kind == "f":
+            files.append(value)
+        else:
+            links.append((len(links), name if kind == "d" else "", value))
+    return node_id, links, files
+
+
+def _emit_dir(w: _Writer, node_id: bytes, items: list[_Item]) -> None:
+    """Write a directory node, paginated if it is large (pages first)."""
+    level = 0
+    while len(items) > PAGE_MAX:
+        level += 1
+        pages: list[_Item] = []
+        cur: list[_Item] = []
+        for it in items:
+            cur.append(it)
+            if _boundary(it[1], level) or len(cur) >= PAGE_HARD:
+                pid = _page_id(cur)
+                w.add(_node(pid, cur))
+                pages.append(("p", it[1], pid))
+                cur = []
+        if cur:
+            pid = _page_id(cur)
+            w.add(_node(pid, cur))
+            pages.append(("p", cur[-1][1], pid))
+        items = pages
+    w.add(_node(node_id, items))
+
+
+def _file_row(e: TreeEntry, attrs: str | None) -> IndexFile:
+    return (_text(e.name), int(e.kind), e.size, e.key, e.mode, e.mtime_ns, attrs)
+
+
+def build(ctx: Context, tree: str, rows: Mapping[str, Mapping[str, Any]]) -> bytes:
+    """Index the tree ``tree`` (hex) with attribute ``rows``; returns the root node id. Directories
+    already indexed with the same attributes are not read."""
+    trie = _attr_trie(rows) if rows else _EMPTY_ATTRS
+    root_tree = bytes.fromhex(tree)
+    root = dir_node(root_tree, trie.digest if rows else _ZERO)
+    meta = ctx.meta
+    if meta.present_nodes([root]):
+        return root
+    cas = ctx.cas
+    w = _Writer(ctx)
+    # post-order walk: (node id, tree key, attrs of this directory, items or None before expansion)
+    stack: list[tuple[bytes, bytes, _AttrDir | None, list[_Item] | None]] = [
+        (root, root_tree, trie if rows else None, None)
+    ]
+    emitted: set[bytes] = set()  # skipping a child only once it is written keeps children first
+    while stack:
+        node_id, tkey, adir, items = stack.pop()
+        if items is not None:
+            _emit_dir(w, node_id, items)
+            emitted.add(node_id)
+            continue
+        entries = cas.read_tree(tkey)
+        items = []
+        children: list[tuple[bytes, bytes, _AttrDir | None]] = []
+        for e in entries:
+            if e.is_dir:
+                sub = adir.dirs.get(e.name) if adir is not None else None
+                cid = dir_node(e.key, sub.digest if sub is not None else _ZERO)
+                items.append(("d", _text(e.name), cid))
+                children.append((cid, e.key, sub))
+            else:
+                attrs = adir.files.get(e.name) if adir is not None else None
+                items.append(("f", _text(e.name), _file_row(e, attrs)))
+        stack.append((node_id, tkey, adir, items))
+        if children:
+            have = meta.present_nodes(list({c[0] for c in children}))
+            for cid, ckey, sub in reversed(children):
+                if cid not in have and cid not in emitted:
+                    stack.append((cid, ckey, sub, None))
+    w.flush()
+    return root
+
+
+def index_bundle(ctx: Context, b: BundleRecord) -> bytes:
+    """Index bundle ``b`` (its tree and attributes) and record its root node."""
+    from datamon.api.attributes import bundle_attrs
+
+    node = build(ctx, b.tree, bundle_attrs(ctx, b))
+    ctx.meta.set_bundle_index(b.id, node)
+    return node
+
+
+def index_missing(ctx: Context) -> list[str]:
+    """Index every bundle that is not indexed yet (made before the index existed, by a FUSE commit,
+    or whose indexing was interrupted); returns their ids."""
+    from datamon.api.bundles import check_record
+
+    done: list[str] = []
+    for repo, bid in ctx.meta.unindexed_bundles():
+        b = ctx.meta.get_bundle(repo, bid)
+        check_record(b)
+        index_bundle(ctx, b)
+        done.append(bid)
+    return done

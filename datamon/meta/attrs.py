@@ -1,0 +1,192 @@
+"""Repo schemas and the file index (``datamon query``'s ``files`` view) in the metadata database.
+
+The index is content-addressed (see ``schema.py`` and docs/query.md): nodes are only added, in
+batches inside one transaction each, and a node is marked present (``index_nodes``) in the same
+transaction as its rows, so a node that is present is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import delete, func, insert, select
+
+from datamon.meta.base import StoreBase, batches
+from datamon.meta.records import IndexNode, SchemaRecord
+from datamon.meta.schema import (
+    bundle_index,
+    bundles,
+    index_files,
+    index_links,
+    index_nodes,
+    repo_schemas,
+    repos,
+)
+
+INDEX_BATCH_ROWS = 20_000  # rows per INSERT batch when writing index nodes
+
+
+class AttrsMixin(StoreBase):
+    # --- schemas -------------------------------------------------------------------------------
+
+    def set_schema(self, repo: str, schema: str, *, contributor: str = "") -> SchemaRecord:
+        """Add a version of ``repo``'s schema (canonical JSON text; ``{}`` lifts it). The new
+        version is in force at once. Raises ``NotFound`` (repo)."""
+        now = time.time_ns()
+        with self._write() as conn:
+            rid = self._repo_id(conn, repo)
+            last = conn.execute(
+                select(func.max(repo_schemas.c.version)).where(repo_schemas.c.repo_id == rid)
+            ).scalar()
+            version = int(last or 0) + 1
+            conn.execute(
+                insert(repo_schemas).values(
+                    repo_id=rid, version=version, schema=schema, time_ns=now, contributor=contributor
+                )
+            )
+        return SchemaRecord(repo, version, schema, now, contributor)
+
+    def schema_history(self, repo: str) -> list[SchemaRecord]:
+        """Every version of ``repo``'s schema, newest first. Raises ``NotFound`` (repo)."""
+        with self._read() as conn:
+            rid = self._repo_id(conn, repo)
+            rows = conn.execute(
+                select(repo_schemas.c.version, repo_schemas.c.schema, repo_schemas.c.time_ns)
+                .add_columns(repo_schemas.c.contributor)
+                .where(repo_schemas.c.repo_id == rid)
+                .order_by(repo_schemas.c.version.desc())
+            ).all()
+        return [SchemaRecord(repo, r[0], r[1], r[2], r[3]) for r in rows]
+
+    def get_schema(self, repo: str) -> SchemaRecord | None:
+        """The schema in force for ``repo`` (``None`` if it never had one). Raises ``NotFound``."""
+        found = self.schema_history(repo)
+        return found[0] if found else None
+
+    def current_schemas(self) -> dict[str, str]:
+        """The schema in force of every repo that has one (lifted ones included, as ``{}``)."""
+        newest = (
+            select(repo_schemas.c.repo_id, func.max(repo_schemas.c.version).label("v"))
+            .group_by(repo_schemas.c.repo_id)
+            .subquery()
+        )
+        with self._read() as conn:
+            rows = conn.execute(
+                select(repos.c.name, repo_schemas.c.schema)
+                .join_from(repo_schemas, repos, repo_schemas.c.repo_id == repos.c.id)
+                .join(
+                    newest,
+                    (newest.c.repo_id == repo_schemas.c.repo_id) & (newest.c.v == repo_schemas.c.version),
+                )
+            ).all()
+        return {r[0]: r[1] for r in rows}
+
+    # --- the file index ------------------------------------------------------------------------
+
+    def present_nodes(self, nodes: Sequence[bytes]) -> set[bytes]:
+        """Those of ``nodes`` that are in the index (complete)."""
+        found: set[bytes] = set()
+        with self._read() as conn:
+            for chunk in batches(list(nodes)):
+                rows = conn.execute(select(index_nodes.c.node).where(index_nodes.c.node.in_(chunk)))
+                found.update(bytes(r[0]) for r in rows)
+        return found
+
+    def add_index_nodes(self, nodes: Iterable[IndexNode]) -> int:
+        """Add nodes (id, links, files) in one transaction; nodes already present are skipped.
+        Returns the number of nodes added."""
+        pending = list(nodes)
+        if not pending:
+            return 0
+        postgres = self._dialect == "postgresql"
+        added = 0
+        with self._write() as conn:
+            have: set[bytes] = set()
+            for chunk in batches([n[0] for n in pending]):
+                rows = conn.execute(select(index_nodes.c.node).where(index_nodes.c.node.in_(chunk)))
+                have.update(bytes(r[0]) for r in rows)
+            links: list[dict[str, object]] = []
+            files: list[dict[str, object]] = []
+            marks: list[dict[str, object]] = []
+
+            def flush() -> None:
+                if links:
+                    conn.execute(insert(index_links), links)
+                    links.clear()
+                if files:
+                    conn.execute(insert(index_files), files)
+                    files.clear()
+
+            for node, node_links, node_files in pending:
+                if node in have:
+                    continue
+                have.add(node)
+                marks.append({"node": node})
+                links.extend({"node": node, "seq": s, "name": n, "child": c} for s, n, c in node_links)
+                files.extend(
+                    {
+                        "node": node,
+                        "name": name,
+                        "kind": kind,
+                        "size": size,
+                        "key": key,
+                        "mode": mode,
+                        "mtime_ns": mtime,
+                        "attrs": (json.loads(attrs) if postgres and attrs is not None else attrs),
+                    }
+                    for name, kind, size, key, mode, mtime, attrs in node_files
+                )
+                added += 1
+                if len(links) + len(files) >= INDEX_BATCH_ROWS:
+                    flush()
+            flush()
+            for start in range(0, len(marks), 5000):
+                conn.execute(insert(index_nodes), marks[start : start + 5000])
+        return added
+
+    def set_bundle_index(self, bundle_id: str, node: bytes) -> None:
+        """Record the root index node of a bundle (idempotent)."""
+        stmt = (
+            self._insert(bundle_index)
+            .values(bundle_id=bundle_id, node=node)
+            .on_conflict_do_update(index_elements=["bundle_id"], set_={"node": node})
+        )
+        with self._write() as conn:
+            conn.execute(stmt)
+
+    def bundle_index_node(self, bundle_id: str) -> bytes | None:
+        """The root index node of a bundle, if it is indexed."""
+        with self._read() as conn:
+            v = conn.execute(
+                select(bundle_index.c.node).where(bundle_index.c.bundle_id == bundle_id)
+            ).scalar_one_or_none()
+        return None if v is None else bytes(v)
+
+    def unindexed_bundles(self) -> list[tuple[str, str]]:
+        """(repo, bundle id) of every bundle that has no index row (or whose root node is missing)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(repos.c.name, bundles.c.id)
+                .join_from(bundles, repos, bundles.c.repo_id == repos.c.id)
+                .outerjoin(bundle_index, bundle_index.c.bundle_id == bundles.c.id)
+                .outerjoin(index_nodes, index_nodes.c.node == bundle_index.c.node)
+                .where(index_nodes.c.node.is_(None))
+                .order_by(repos.c.name, bundles.c.id)
+            ).all()
+        return [(r[0], r[1]) for r in rows]
+
+    def clear_file_index(self) -> None:
+        """Drop the whole file index (``admin reindex --files`` rebuilds it from the blob store)."""
+        with self._write() as conn:
+            for t in (bundle_index, index_files, index_links, index_nodes):
+                conn.execute(delete(t))
+
+    def index_size(self) -> dict[str, int]:
+        """Row counts of the file index tables."""
+        with self._read() as conn:
+            return {
+                t.name: int(conn.execute(select(func.count()).select_from(t)).scalar() or 0)
+                for t in (index_nodes, index_links, index_files, bundle_index)
+            }
