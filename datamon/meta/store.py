@@ -16,6 +16,7 @@ from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from datamon.errors import AmbiguousId, Conflict, NotFound, UsageError
 from datamon.meta.base import BATCH, batches
+from datamon.meta.diamonds import DiamondsMixin
 from datamon.meta.index import ObjectIndexMixin
 from datamon.meta.labels import ANY, LabelsMixin
 from datamon.meta.records import BundleRecord, RepoRecord
@@ -42,7 +43,7 @@ _BUNDLE_COLS: Final = (
 )
 
 
-class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin):
+class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin, DiamondsMixin):
     """The metadata database at one SQLAlchemy URL (``sqlite:///…`` or ``postgresql+psycopg://…``).
 
     Safe to share between threads; each method is one transaction. See ``base.py`` for how
