@@ -224,6 +224,7 @@ def merge_trees(cas: ContentStore, splits: Sequence[SplitTree], mode: str = FAIL
                     nxt.append(child)
         level = nxt
 
+    conflicts.sort(key=lambda c: c.path.encode("utf-8", "surrogateescape"))
     if conflicts and mode == FAIL:
         return MergeResult(b"", 0, 0, conflicts, trees_read=trees_read)
 
