@@ -165,6 +165,19 @@ def upload_tree(
     root tree: everything a bundle needs except the bundle. ``upload`` and diamond splits use it.
     Everything it writes is content-addressed, so an interrupted call leaves only objects that a
     rerun deduplicates against (and ``gc`` removes if nothing ever references them)."""
+    from datamon.api.remotesrc import is_remote
+
+    if is_remote(path):  # s3://, gs://: streamed from the object store (api/remotesrc.py)
+        from datamon.api.remotesrc import upload_remote_tree
+
+        return upload_remote_tree(
+            ctx,
+            str(path),
+            files=files,
+            skip_on_error=skip_on_error,
+            concurrency=concurrency,
+            progress=progress,
+        )
     root = check_root(path)
     errors = _Errors(skip_on_error)
     top = scan_listed(root, list(files), errors) if files is not None else scan(root, errors)
