@@ -46,6 +46,7 @@ from datamon.names import check_name
 if TYPE_CHECKING:
     from datamon.api.context import Context
     from datamon.api.progress import Progress
+    from datamon.api.remotesrc import RemoteFile
     from datamon.api.upload import TreeUpload
     from datamon.meta.records import BundleRecord
 
@@ -161,6 +162,7 @@ def add_split(
     split: str | None = None,
     tag: str = "",
     files: Sequence[str] | None = None,
+    entries: Sequence[RemoteFile] | None = None,
     skip_on_error: bool = False,
     concurrency: int | None = None,
     progress: Progress | None = None,
@@ -168,7 +170,8 @@ def add_split(
     """Upload ``path`` (a directory, or ``s3://``/``gs://`` prefix; only ``files`` under it if
     given) as split ``split`` (default: a new id) of ``diamond``. A split id that exists is
     replaced (a retried worker is safe); a newer run of the same id started meanwhile wins, and
-    this one raises ``Conflict``. Raises ``Conflict`` if the diamond is committed or canceled."""
+    this one raises ``Conflict``. Raises ``Conflict`` if the diamond is committed or canceled.
+    ``entries`` (for an object-store ``path``) are the objects to upload as listed before."""
     from datamon.api.upload import upload_tree
 
     t0 = time.perf_counter()
@@ -189,9 +192,21 @@ def add_split(
         host=socket.gethostname(),
         now_ns=time.time_ns(),
     )
-    t = upload_tree(
-        ctx, path, files=files, skip_on_error=skip_on_error, concurrency=concurrency, progress=progress
-    )
+    if entries is not None:  # an object-store source already listed (datamon.distributed)
+        from datamon.api.remotesrc import upload_remote_tree
+
+        t = upload_remote_tree(
+            ctx,
+            source,
+            entries=entries,
+            skip_on_error=skip_on_error,
+            concurrency=concurrency,
+            progress=progress,
+        )
+    else:
+        t = upload_tree(
+            ctx, path, files=files, skip_on_error=skip_on_error, concurrency=concurrency, progress=progress
+        )
     ctx.meta.finish_split(
         repo,
         diamond,

@@ -406,5 +406,59 @@ def split_get(repo: str, diamond: str, split_id: str, as_json: bool, fmt: str | 
     emit([split_row(found[0])], as_json=as_json, fmt=fmt, text=_split_text)
 
 
+def dask_upload(
+    repo: str,
+    path: str,
+    message: str,
+    label: str | None,
+    files: list[str] | None,
+    address: str | None,
+    splits: int | None,
+    concurrency: int | None,
+    as_json: bool,
+    fmt: str | None,
+) -> None:
+    """``bundle upload --dask ADDRESS --splits N``: ``datamon.distributed.upload``."""
+    from datamon.errors import UsageError
+
+    if not address:
+        raise UsageError("--splits needs --dask ADDRESS", "give the address of a Dask scheduler")
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError("--dask needs Dask", "install it with `pip install 'datamon[dask]'`") from None
+    import time
+
+    from datamon.distributed import upload
+
+    t0 = time.perf_counter()
+    dm = open_context()
+    try:
+        client = Client(address, timeout=30)
+    except OSError as e:
+        raise UsageError(f"cannot reach the Dask scheduler at {address}: {e}", "check --dask") from None
+    try:
+        r = upload(
+            dm,
+            repo,
+            path,
+            client=client,
+            message=message,
+            label=label,
+            splits=splits,
+            files=files,
+            concurrency=concurrency,
+        )
+    finally:
+        client.close()
+    row = diamond_row(r.diamond)
+    row.update(files=r.bundle.file_count, size=r.bundle.total_size, splits=len(r.splits), label=label or "")
+    emit([row], as_json=as_json, fmt=fmt, text=lambda r: str(r["bundle"]))
+    stderr(
+        f"uploaded {r.bundle.file_count} files ({human_size(r.bundle.total_size)}) as {len(r.splits)} splits "
+        f"of diamond {r.diamond.id} on {address}, in {time.perf_counter() - t0:.1f}s"
+    )
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(diamond)
