@@ -121,7 +121,12 @@ def diamond_initialize(repo: str, diamond_id: str | None, tag: str, as_json: boo
 @output_options
 @context_option
 def diamond_list(repo: str, state: str | None, as_json: bool, fmt: str | None) -> None:
-    """List the diamonds of a repo, newest first."""
+    """List the diamonds of a repo, newest first.
+
+    \b
+    Example:
+      datamon diamond list --repo mnist --state initialized
+    """
     from datamon.api.diamond import list_diamonds
 
     rows = [diamond_row(d) for d in list_diamonds(open_context(), repo, state)]
@@ -135,7 +140,12 @@ def diamond_list(repo: str, state: str | None, as_json: bool, fmt: str | None) -
 @output_options
 @context_option
 def diamond_get(repo: str, diamond: str, show_conflicts: bool, as_json: bool, fmt: str | None) -> None:
-    """Show a diamond and its splits (and, with --conflicts, what its commit recorded)."""
+    """Show a diamond and its splits (and, with --conflicts, what its commit recorded).
+
+    \b
+    Example:
+      datamon diamond get --repo mnist --diamond "$id" --conflicts --json
+    """
     from datamon.api.diamond import get, list_splits
 
     dm = open_context()
@@ -179,7 +189,12 @@ def diamond_get(repo: str, diamond: str, show_conflicts: bool, as_json: bool, fm
 @click.option("--tag", "--diamond-tag", "tag", default="", hidden=True, help="Accepted for Datamon scripts.")
 @context_option
 def diamond_cancel(repo: str, diamond: str, tag: str) -> None:
-    """Cancel a diamond: no commit is accepted afterwards, and gc may reclaim its splits."""
+    """Cancel a diamond: no commit is accepted afterwards, and gc may reclaim its splits.
+
+    \b
+    Example:
+      datamon diamond cancel --repo mnist --diamond "$id"
+    """
     from datamon.api.diamond import cancel
 
     d = cancel(open_context(), repo, diamond)
@@ -373,7 +388,12 @@ def split_add(
 @output_options
 @context_option
 def split_list(repo: str, diamond: str, as_json: bool, fmt: str | None) -> None:
-    """List the splits of a diamond, in the order they started."""
+    """List the splits of a diamond, in the order they started.
+
+    \b
+    Example:
+      datamon diamond split list --repo mnist --diamond "$id" --json
+    """
     from datamon.api.diamond import list_splits
 
     emit(
@@ -393,7 +413,12 @@ def split_list(repo: str, diamond: str, as_json: bool, fmt: str | None) -> None:
 @output_options
 @context_option
 def split_get(repo: str, diamond: str, split_id: str, as_json: bool, fmt: str | None) -> None:
-    """Show one split of a diamond."""
+    """Show one split of a diamond.
+
+    \b
+    Example:
+      datamon diamond split get --repo mnist --diamond "$id" --split-id part1
+    """
     from datamon.api.diamond import list_splits
     from datamon.errors import NotFound
 
