@@ -137,3 +137,34 @@ def test_gcs_source_round_trip(gcs_server, tmp_path: Path) -> None:  # type: ign
         assert contents(tmp_path / "out") == files
         again = ctx.upload("r", src, message="again")
         assert again.bundle.tree == up.bundle.tree and again.new_bytes == 0
+
+
+def test_large_objects_are_streamed_and_small_ones_batched(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Memory stays bounded: an object of a chunking window or more is never fetched whole, and
+    small objects come in bounded batches."""
+    import fsspec
+
+    from datamon.api import remotesrc
+
+    fs = fsspec.filesystem("memory", skip_instance_cache=False)
+    base = f"/big-{uuid.uuid4().hex[:8]}"
+    files = {"large.bin": random.Random(5).randbytes(BIG), **{f"s/{i}.txt": b"x" * i for i in range(600)}}
+    _put_all(fs, base, files)
+    cat_sizes: list[int] = []
+    real_cat = type(fs).cat
+
+    def cat(self, paths, **kw):  # type: ignore[no-untyped-def]
+        got = real_cat(self, paths, **kw)
+        cat_sizes.append(sum(len(v) for v in got.values()) if isinstance(got, dict) else len(got))
+        assert (len(got) if isinstance(got, dict) else 1) <= remotesrc.SMALL_BATCH_FILES
+        return got
+
+    monkeypatch.setattr(type(fs), "cat", cat)
+    with open_ctx(tmp_path / "s") as ctx:
+        ctx.create_repo("r")
+        up = ctx.upload("r", f"memory://{base}", message="m", concurrency=2)
+        assert up.files == len(files)
+        assert cat_sizes and max(cat_sizes) <= remotesrc.SMALL_BATCH_BYTES
+        assert sum(cat_sizes) == sum(len(v) for k, v in files.items() if k != "large.bin")
+        ctx.download("r", tmp_path / "out", bundle=up.bundle.id)
+        assert contents(tmp_path / "out") == files
