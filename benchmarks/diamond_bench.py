@@ -1,9 +1,10 @@
 """Diamond benchmarks (issue 14): what a commit costs next to an upload.
 
 A. ``--files N`` small files (and ``--big`` 8 MiB files): one ``upload`` of the whole tree versus
-   ``--splits`` split processes in parallel (each a ``1/k`` interleaved share, so every directory
-   is shared and the merge has the most work) and the commit that merges them. Target: the
-   commit costs at most 10% of the single upload.
+   ``--splits`` split processes in parallel and the commit that merges them, for two layouts:
+   ``contiguous`` (``datamon.distributed.partition``: runs of the sorted listing of equal bytes)
+   and ``interleaved`` (file ``i`` to split ``i mod k``: every directory in every split, the
+   merge's worst case). Target: the commit costs at most 10% of the single upload.
 B. ``--commit-files M`` (default 1,000,000) files from 8 splits, interleaved over 1,000
    directories: the commit alone (reading 8 × 1,001 trees, merging, writing 1,001 trees, the
    transaction). The split trees are built directly (file keys of fake contents; a commit reads
@@ -61,7 +62,9 @@ def _split_worker(store: str, diamond: str, src: str, part: list[str], split: st
         dia.add_split(ctx, "r", diamond, src, split=split, files=part, concurrency=1)
 
 
-def bench_a(work: Path, n: int, big: int, k: int) -> dict[str, float]:
+def bench_a(work: Path, n: int, big: int, k: int) -> dict[str, object]:
+    from datamon.distributed import Item, partition
+
     src = work / "src"
     rels = make_tree(src, n, big)
     one = work / "one"
@@ -70,36 +73,45 @@ def bench_a(work: Path, n: int, big: int, k: int) -> dict[str, float]:
         t = time.perf_counter()
         ctx.upload("r", src, message="single")
         upload_s = time.perf_counter() - t
-    many = work / "many"
-    with ctx_at(many) as ctx:
-        ctx.create_repo("r")
-        d = dia.initialize(ctx, "r")
-        mp = multiprocessing.get_context("spawn")
-        t = time.perf_counter()
-        procs = [
-            mp.Process(target=_split_worker, args=(str(many), d.id, str(src), rels[i::k], f"s{i}"))
-            for i in range(k)
-        ]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        splits_s = time.perf_counter() - t
-        t = time.perf_counter()
-        r = dia.commit(ctx, "r", d.id, message="diamond")
-        commit_s = time.perf_counter() - t
-    with ctx_at(one) as ctx:
-        same = ctx.meta.latest_bundle("r").tree == r.bundle.tree  # type: ignore[union-attr]
-    return {
-        "files": len(rels),
-        "upload_s": round(upload_s, 2),
-        "splits": k,
-        "splits_wall_s": round(splits_s, 2),
-        "commit_s": round(commit_s, 3),
-        "merge_s": round(r.merge_seconds, 3),
-        "commit_vs_upload": round(commit_s / upload_s, 4),
-        "same_tree": same,
+        single_tree = ctx.meta.latest_bundle("r").tree  # type: ignore[union-attr]
+    layouts = {
+        # what datamon.distributed does: contiguous runs of the sorted listing, equal bytes
+        "contiguous": [
+            [i.rel for i in p] for p in partition([Item(r, (src / r).stat().st_size) for r in rels], k)
+        ],
+        # the worst case for the merge: every directory in every split
+        "interleaved": [rels[i::k] for i in range(k)],
     }
+    out: dict[str, object] = {"files": len(rels), "upload_s": round(upload_s, 2), "splits": k}
+    for name, parts in layouts.items():
+        many = work / f"many-{name}"
+        with ctx_at(many) as ctx:
+            ctx.create_repo("r")
+            d = dia.initialize(ctx, "r")
+            mp = multiprocessing.get_context("spawn")
+            t = time.perf_counter()
+            procs = [
+                mp.Process(target=_split_worker, args=(str(many), d.id, str(src), part, f"s{i}"))
+                for i, part in enumerate(parts)
+            ]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+            splits_s = time.perf_counter() - t
+        with ctx_at(many) as ctx:  # as a commit job would: a fresh process, nothing cached
+            t = time.perf_counter()
+            r = dia.commit(ctx, "r", d.id, message="diamond")
+            commit_s = time.perf_counter() - t
+        out[name] = {
+            "splits_wall_s": round(splits_s, 2),
+            "commit_s": round(commit_s, 3),
+            "merge_s": round(r.merge_seconds, 3),
+            "trees_read": r.trees_read,
+            "commit_vs_upload": round(commit_s / upload_s, 4),
+            "same_tree": r.bundle.tree == single_tree,
+        }
+    return out
 
 
 def bench_b(work: Path, m: int, k: int = 8, dirs: int = 1000) -> dict[str, float]:

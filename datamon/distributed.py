@@ -1,9 +1,10 @@
 """Uploading one bundle from many machines on a Dask cluster (``pip install 'datamon[dask]'``).
 
 ``upload(context, repo, source, client=…, splits=N)`` lists ``source`` (a directory every worker
-can read at the same path, or an ``s3://``/``gs://`` prefix), partitions it into ``N`` splits of
-about equal bytes, opens a diamond, runs one ``split add`` per part as a Dask task (a failed task
-is retried by Dask; a retry re-uses the split id, so it replaces the failed attempt), and commits
+can read at the same path, or an ``s3://``/``gs://`` prefix), cuts the sorted listing into ``N``
+contiguous splits of about equal bytes, opens a diamond, runs one ``split add`` per part as a
+Dask task (a failed task is retried by Dask; a retry re-uses the split id, so it replaces the
+failed attempt), and commits
 the diamond into one bundle. Workers open the context from its URLs: they need the same access
 to the blob store, the metadata database and the source as the caller (credentials come from
 each worker's environment). A split that still fails leaves the diamond open: its id is in the
@@ -13,7 +14,6 @@ by hand (or ``datamon diamond cancel`` drops it).
 
 from __future__ import annotations
 
-import heapq
 import os
 import stat
 from collections.abc import Sequence
@@ -90,19 +90,21 @@ def list_local(root: str) -> list[Item]:
 
 
 def partition(items: Sequence[Any], n: int, size_of: Any = lambda i: i.size) -> list[list[Any]]:
-    """``items`` in ``n`` parts of about equal weight (bytes plus ``PER_FILE_WEIGHT`` a file):
-    largest first, each to the lightest part. Empty parts are dropped; each part keeps the
-    items' order."""
+    """``items`` (in path order) cut into at most ``n`` contiguous runs of about equal weight
+    (bytes plus ``PER_FILE_WEIGHT`` a file): an item goes to the part where the middle of its
+    weight falls, so parts differ by at most about one item's weight. Contiguous runs of a sorted
+    listing share few directories: the commit reads and merges only the boundary directories and
+    reuses every other subtree as it is. Empty parts are dropped."""
     if n < 1:
         raise UsageError("--splits must be at least 1")
-    order = {id(it): k for k, it in enumerate(items)}
-    heap = [(0, i) for i in range(n)]
+    weights = [size_of(it) + PER_FILE_WEIGHT for it in items]
+    total = sum(weights) or 1
     parts: list[list[Any]] = [[] for _ in range(n)]
-    for it in sorted(items, key=lambda it: -size_of(it)):
-        w, i = heapq.heappop(heap)
-        parts[i].append(it)
-        heapq.heappush(heap, (w + size_of(it) + PER_FILE_WEIGHT, i))
-    return [sorted(p, key=lambda it: order[id(it)]) for p in parts if p]
+    acc = 0
+    for it, w in zip(items, weights, strict=True):
+        parts[min(n - 1, (2 * acc + w) * n // (2 * total))].append(it)
+        acc += w
+    return [p for p in parts if p]
 
 
 def split_task(

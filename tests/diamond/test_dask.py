@@ -32,14 +32,19 @@ def cluster(_s3_credentials: None) -> Iterator[object]:
         yield c
 
 
-def test_partition_balances_bytes() -> None:
-    items = [Item(f"f{i}", s) for i, s in enumerate([100, 90, 80, 10, 10, 10, 5, 5])]
+def test_partition_cuts_contiguous_runs_of_equal_weight() -> None:
+    from datamon.distributed import PER_FILE_WEIGHT
+
+    sizes = [100_000, 5, 70_000, 10, 10, 250_000, 10, 5, 40_000, 1]
+    items = [Item(f"f{i}", s) for i, s in enumerate(sizes)]
     parts = partition(items, 3)
-    assert sorted(i.rel for p in parts for i in p) == sorted(i.rel for i in items)
-    weights = [sum(i.size for i in p) for p in parts]
-    assert max(weights) - min(weights) <= 100
-    assert [p for p in partition(items[:2], 5) if p] == partition(items[:2], 5)  # no empty parts
-    assert all(p == sorted(p, key=lambda i: int(i.rel[1:])) for p in parts)  # listing order kept
+    assert [i for p in parts for i in p] == items  # contiguous, in order, nothing lost
+    weights = [sum(i.size + PER_FILE_WEIGHT for i in p) for p in parts]
+    assert max(weights) - min(weights) <= max(sizes) + PER_FILE_WEIGHT
+    assert partition(items[:2], 5) == [[items[0]], [items[1]]]  # no empty parts
+    assert partition([], 3) == []
+    many = [Item(f"{i:05d}", 100) for i in range(1000)]
+    assert [len(p) for p in partition(many, 8)] == [125] * 8
 
 
 def test_list_local_includes_links_and_empty_dirs(tmp_path: Path) -> None:
