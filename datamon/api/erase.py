@@ -337,6 +337,8 @@ def plan_erase(ctx: Context, repo: str, paths: Sequence[str]) -> ErasePlan:
             time_ns=f.time_ns,
             file_count=max(0, f.file_count - r.files),
             total_size=max(0, f.total_size - r.size),
+            meta=f.meta or None,
+            attrs=_attrs_without(ctx, f.attrs, r.removed),
         )
         if new.id in ids:
             raise Conflict(
@@ -599,3 +601,21 @@ def erase_files(ctx: Context, repo: str, paths: Sequence[str], *, dry_run: bool 
     """Remove ``paths`` from every bundle of ``repo`` (``plan_erase`` then ``apply_erase``)."""
     plan = plan_erase(ctx, repo, paths)
     return plan if dry_run else apply_erase(ctx, plan)
+
+
+def _attrs_without(ctx: Context, key: str | None, removed: Sequence[str]) -> str | None:
+    """The attributes object of a rewritten bundle: the old rows minus those of removed paths
+    (a removed directory takes the rows below it). The old object stays in the blob store (attribute
+    objects are never collected; docs/retention.md says what is not erased)."""
+    if key is None or not removed:
+        return key
+    from datamon.api.attributes import load_attrs, store_attrs
+
+    gone = set(removed)
+
+    def kept(path: str) -> bool:
+        parts = path.split("/")
+        return not any("/".join(parts[:i]) in gone for i in range(1, len(parts) + 1))
+
+    rows = load_attrs(ctx, key)
+    return store_attrs(ctx, {p: row for p, row in rows.items() if kept(p)})

@@ -260,6 +260,10 @@ class _Collector:
         lfs = getattr(self.meta, "iter_lfs_file_keys", None)
         if lfs is not None:
             roots += [(bytes.fromhex(k), None) for k in lfs()]
+        # Diamonds: the finished splits of open diamonds, and conflict losers commits recorded.
+        from datamon.api.diamond import gc_roots as diamond_roots
+
+        roots += diamond_roots(self.meta)
         return roots
 
     # -- finding rows the index lacks --------------------------------------------------

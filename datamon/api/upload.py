@@ -187,6 +187,19 @@ def upload_tree(
     Everything it writes is content-addressed, so an interrupted call leaves only objects that a
     rerun deduplicates against (and ``gc`` removes if nothing ever references them).
     ``check_paths`` sees every file's bundle path before anything is written (and may raise)."""
+    from datamon.api.remotesrc import is_remote
+
+    if is_remote(path):  # s3://, gs://: streamed from the object store (api/remotesrc.py)
+        from datamon.api.remotesrc import upload_remote_tree
+
+        return upload_remote_tree(
+            ctx,
+            str(path),
+            files=files,
+            skip_on_error=skip_on_error,
+            concurrency=concurrency,
+            progress=progress,
+        )
     root = check_root(path)
     errors = _Errors(skip_on_error)
     top = scan_listed(root, list(files), errors) if files is not None else scan(root, errors)

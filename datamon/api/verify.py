@@ -101,6 +101,7 @@ class VerifyReport:
     affected: list[Affected] = field(default_factory=list)
     dropped_rows: int = 0  # index rows removed by ``repair``
     runs: int = 0  # run records checked (lineage)
+    splits: int = 0  # finished splits of open diamonds checked (their trees, like bundles')
     run_problems: list[Problem] = field(default_factory=list)  # key: run id
 
     @property
@@ -119,6 +120,7 @@ class VerifyReport:
             "affected_paths": len(self.affected),
             "dropped_rows": self.dropped_rows,
             "runs": self.runs,
+            "splits": self.splits,
             "run_problems": len(self.run_problems),
             "seconds": round(self.seconds, 3),
         }
@@ -390,7 +392,12 @@ def verify(
             check_record(b)
         except IntegrityError as e:
             record_problems[b.id] = Problem(b.id, RECORD, e.message)
-    reach.walk((bytes.fromhex(b.tree), Kind.TREE) for b in bundles)
+    # Diamonds: what an open diamond's finished splits hold will be a bundle when it commits.
+    from datamon.api.diamond import split_records
+
+    splits = [] if (bundle or label) else split_records(ctx, repo)
+    report.splits = len(splits)
+    reach.walk((bytes.fromhex(b.tree), Kind.TREE) for b in [*bundles, *splits])
     reach.check_sizes()
 
     _check_footers(reach, report)
@@ -408,7 +415,7 @@ def verify(
     for bid, p in record_problems.items():
         report.problems[bid] = p
     if reach.bad or reach.bad_sizes:
-        report.affected = affected_paths(ctx, bundles, reach)
+        report.affected = affected_paths(ctx, [*bundles, *splits], reach)
     for b in bundles:
         if b.id in record_problems:
             report.affected.append(Affected(b.repo, b.id, "", record_problems[b.id]))

@@ -42,9 +42,9 @@ def _register() -> None:
 
     for group in (repo.repo, bundle.bundle, label.label, setup.context, setup.config):
         cli.add_command(group)
-    from datamon.cli import about, integrity, lfs, mount, pin, query, retention, run
+    from datamon.cli import about, diamond, integrity, lfs, mount, pin, query, retention, run
 
-    for mod in (integrity, mount, lfs, pin, run, retention, query, about):
+    for mod in (integrity, mount, lfs, pin, run, retention, query, diamond, about):
         mod.register(cli)
 
 

@@ -63,6 +63,15 @@ def _bundle_text(row: dict[str, object]) -> str:
     help="File attributes: JSON Lines, CSV or Parquet with a 'path' column.",
 )
 @concurrency_option
+@click.option(
+    "--dask",
+    "dask_address",
+    metavar="ADDRESS",
+    help="Upload as splits on this Dask scheduler (datamon[dask]).",
+)
+@click.option(
+    "--splits", type=click.IntRange(1), help="With --dask: how many splits (default: worker threads)."
+)
 @output_options
 @context_option
 def bundle_upload(
@@ -77,6 +86,8 @@ def bundle_upload(
     meta_pairs: tuple[str, ...],
     meta_file: str | None,
     attributes: str | None,
+    dask_address: str | None,
+    splits: int | None,
     as_json: bool,
     fmt: str | None,
 ) -> None:
@@ -86,6 +97,7 @@ def bundle_upload(
     Example:
       datamon bundle upload --repo mnist --path ./data --message "add test split" --label prod
       datamon bundle upload --repo mnist --path ./data --message m --meta source=scan --attributes a.csv
+      datamon bundle upload --repo mnist --path s3://bucket/raw --message "nightly" --dask tcp://sched:8786
     """
     from datamon.api.attributes import parse_meta_args
     from datamon.api.upload import upload
@@ -93,6 +105,11 @@ def bundle_upload(
     files = None
     if files_list is not None:
         files = [ln.rstrip("\n") for ln in files_list if ln.strip()]  # type: ignore[attr-defined]
+    if dask_address or splits:  # many machines, one bundle: a diamond on a Dask cluster
+        from datamon.cli.diamond import dask_upload
+
+        dask_upload(repo, path, message, label, files, dask_address, splits, concurrency, as_json, fmt)
+        return
     dm = open_context()
     r = upload(
         dm,

@@ -57,7 +57,8 @@ def verify_cmd(
     else:
         for a in r.affected:
             p = a.problem
-            fields = (a.repo, a.bundle[:12], a.path or "(record)", f"{p.kind}: object {p.key} {p.detail}")
+            which = a.bundle if a.bundle.startswith("diamond ") else a.bundle[:12]  # a diamond's split
+            fields = (a.repo, which, a.path or "(record)", f"{p.kind}: object {p.key} {p.detail}")
             click.echo("\t".join(safe(f) for f in fields))
         for p in r.run_problems:
             click.echo("\t".join(safe(f) for f in ("(run)", p.key[:12], "", f"{p.kind}: {p.detail}")))

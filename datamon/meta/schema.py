@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -277,4 +278,68 @@ bundle_index = Table(
     metadata,
     Column("bundle_id", String(64), primary_key=True),
     Column("node", LargeBinary(32), nullable=False),
+)
+
+# Diamonds (docs/diamonds.md): many writers, one bundle. A diamond is opened on a repo, each writer
+# adds a split (the root tree of what it uploaded), and one commit merges the splits' trees into a
+# bundle. ``seq`` counts changes to the set of splits (a split started or finished): a commit takes
+# effect only if it is still the value it merged, and a finished split's ``seq`` orders splits for
+# ``last-wins``. Rows go with their repo (ON DELETE CASCADE).
+diamonds = Table(
+    "diamonds",
+    metadata,
+    Column("repo_id", Integer, ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True),
+    Column("id", String(255), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("tag", Text, nullable=False, server_default=""),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("contributor_name", Text, nullable=False, server_default=""),
+    Column("contributor_email", Text, nullable=False, server_default=""),
+    Column("seq", BigInteger, nullable=False, server_default="0"),
+    Column("ended_ns", BigInteger, nullable=True),
+    Column("bundle_id", String(64), nullable=True),
+    Column("conflict_mode", String(16), nullable=True),
+    Column("conflict_count", Integer, nullable=False, server_default="0"),
+    Column("conflicts_blob", Text, nullable=True),
+    Index("ix_diamonds_state", "state"),
+)
+
+diamond_splits = Table(
+    "diamond_splits",
+    metadata,
+    Column("repo_id", Integer, primary_key=True),
+    Column("diamond_id", String(255), primary_key=True),
+    Column("id", String(255), primary_key=True),
+    Column("generation", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("tag", Text, nullable=False, server_default=""),
+    Column("source", Text, nullable=False, server_default=""),
+    Column("tree", String(64), nullable=True),
+    Column("file_count", BigInteger, nullable=False, server_default="0"),
+    Column("total_size", BigInteger, nullable=False, server_default="0"),
+    Column("seq", BigInteger, nullable=True),
+    Column("started_ns", BigInteger, nullable=False),
+    Column("ended_ns", BigInteger, nullable=True),
+    Column("contributor_name", Text, nullable=False, server_default=""),
+    Column("contributor_email", Text, nullable=False, server_default=""),
+    Column("host", Text, nullable=False, server_default=""),
+    ForeignKeyConstraint(["repo_id", "diamond_id"], ["diamonds.repo_id", "diamonds.id"], ondelete="CASCADE"),
+)
+
+# One row per version of a conflicting path (the winner has ``winner`` 1); the same list is in the
+# blob store under ``diamonds.conflicts_blob``.
+diamond_conflicts = Table(
+    "diamond_conflicts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("repo_id", Integer, nullable=False),
+    Column("diamond_id", String(255), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("split_id", String(255), nullable=False),
+    Column("kind", SmallInteger, nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("winner", SmallInteger, nullable=False),
+    ForeignKeyConstraint(["repo_id", "diamond_id"], ["diamonds.repo_id", "diamonds.id"], ondelete="CASCADE"),
+    Index("ix_diamond_conflicts_diamond", "repo_id", "diamond_id"),
 )

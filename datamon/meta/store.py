@@ -17,6 +17,7 @@ from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from datamon.errors import AmbiguousId, Conflict, UsageError
 from datamon.meta.attrs import AttrsMixin
 from datamon.meta.base import BATCH, batches
+from datamon.meta.diamonds import DiamondsMixin
 from datamon.meta.index import ObjectIndexMixin
 from datamon.meta.labels import ANY, LabelsMixin
 from datamon.meta.records import BundleRecord, RepoRecord
@@ -56,7 +57,7 @@ _BUNDLE_COLS: Final = (
 )
 
 
-class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin, RewritesMixin, AttrsMixin):
+class MetadataStore(LabelsMixin, ObjectIndexMixin, RunsMixin, RewritesMixin, AttrsMixin, DiamondsMixin):
     """The metadata database at one SQLAlchemy URL (``sqlite:///…`` or ``postgresql+psycopg://…``).
 
     Safe to share between threads; each method is one transaction. See ``base.py`` for how

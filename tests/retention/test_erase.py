@@ -379,3 +379,26 @@ def test_this_machines_chunk_cache_is_purged(dm, tmp_path: Path, datamon_home: P
     )
     assert r.code == 0, r
     assert traces(cache, secret) == []
+
+
+def test_erase_keeps_meta_and_drops_the_attribute_rows_of_erased_paths(dm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "keep.txt").write_text("keep")
+    (src / "d" / "secret.txt").write_text("secret")
+    attrs = tmp_path / "attrs.jsonl"
+    attrs.write_text('{"path": "keep.txt", "split": "train"}\n{"path": "d/secret.txt", "split": "test"}\n')
+    assert dm("repo", "create", "--repo", "r").code == 0
+    old = upload(dm, "r", src, "v1", "--meta", "source=cam", "--attributes", attrs, "--label", "prod")
+    listing = tmp_path / "erase.txt"
+    listing.write_text("d\n")
+    r = dm("repo", "delete", "files", "--repo", "r", "--files", listing, "--force-yes")
+    assert r.code == 0, r
+    new = json.loads(dm("bundle", "get", "--repo", "r", "--label", "prod", "--json").out)
+    assert new["id"] != old and new["meta"] == {"source": "cam"}
+    q = dm(
+        "query", "--json", "SELECT path, attrs FROM files WHERE repo = 'r' AND bundle = '" + new["id"] + "'"
+    )
+    assert q.code == 0, q
+    rows = [json.loads(x) for x in q.out.splitlines()]
+    assert [(r["path"], json.loads(r["attrs"])) for r in rows] == [("keep.txt", {"split": "train"})]
