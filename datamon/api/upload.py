@@ -138,9 +138,10 @@ def upload(
         meta=bundle_meta,
         attrs=attrs_key,
     )
-    from datamon.api.fileindex import index_bundle
+    if attrs_key is not None:  # a bundle with attributes is indexed before its row is written;
+        from datamon.api.fileindex import index_bundle  # others when first queried (docs/query.md)
 
-    index_bundle(ctx, bundle)  # before the bundle row: a bundle is never there without its index
+        index_bundle(ctx, bundle)
     ctx.meta.add_bundle(bundle)
     if label:
         from datamon.api.labels import set_label
