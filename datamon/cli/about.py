@@ -52,21 +52,39 @@ def split_loglevel(argv: list[str]) -> tuple[list[str], str | None]:
     return out, level
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is at the time of each record (the CLI runs
+    in-process under tests and notebooks, which swap it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup_logging(level: str | None) -> None:
-    """Send datamon's logs to stderr at ``level`` (else ``$DATAMON_LOGLEVEL``, else warning). The
-    level is exported so that processes datamon starts (a FUSE mount, a run's steps) log alike."""
-    name = (level or os.environ.get(ENV) or "warning").strip().lower()
+    """Send datamon's logs to stderr at ``level`` (else ``$DATAMON_LOGLEVEL``, else warning). A level
+    given is exported so that processes datamon starts (a FUSE mount, a run's steps) log alike. The
+    default leaves the ``datamon`` logger's own level and propagation alone (a host program's or a
+    test's logging setup keeps working); only the stderr handler filters."""
+    given = level or os.environ.get(ENV)
+    name = (given or "warning").strip().lower()
     if name not in LEVELS:
         raise UsageError(f"unknown log level {name[:40]!r}", f"use one of {', '.join(LEVELS)}")
-    os.environ[ENV] = name
     logger = logging.getLogger("datamon")
-    logger.setLevel(LEVELS[name])
-    if not any(getattr(h, "_datamon", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    handler = next((h for h in logger.handlers if getattr(h, "_datamon", False)), None)
+    if handler is None:
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("datamon: %(levelname)s %(name)s: %(message)s"))
         handler._datamon = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
-        logger.propagate = False
+    handler.setLevel(LEVELS[name])
+    if given:
+        os.environ[ENV] = name
+        logger.setLevel(LEVELS[name])
 
 
 def version_info() -> dict[str, Any]:

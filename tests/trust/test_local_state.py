@@ -136,11 +136,23 @@ def test_interrupted_download_resumes_and_can_be_updated(
     other = make_tree(tmp_path / "other", {"x.txt": "x"})
     upload(dm, other, "v2")
     out = tmp_path / "out"
+    import datamon.api.localfs as localfs_mod
+
+    real_create, created = localfs_mod.create_new, []
+
+    def create_then_interrupt(dfd: int, name: str) -> int | None:  # Ctrl-C as the 4th file is made
+        created.append(name)
+        if len(created) == 4:
+            raise KeyboardInterrupt
+        return real_create(dfd, name)
+
+    monkeypatch.setattr(localfs_mod, "create_new", create_then_interrupt)
     with connect() as ctx, pytest.raises(KeyboardInterrupt):
         ctx.download("r", out, label="v1", progress=Interrupt(), concurrency=1)
+    monkeypatch.setattr(localfs_mod, "create_new", real_create)
     assert 0 < len(os.listdir(out / "d")) < 8
     assert not [n for n in os.listdir(out / "d") if n.startswith(".datamon")]
-    assert sorted(os.listdir(tmp_path / "out")) == ["d"]  # no marker file in the destination
+    assert sorted(os.listdir(tmp_path / "out")) == ["d"]  # no marker file, and the download is unfinished
     # a rerun of the same download finishes it
     r = dm("bundle", "download", "--repo", "r", "--label", "v1", "--destination", out)
     assert r.code == 0, r
