@@ -612,16 +612,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_piece":
         name, n, work = argv[1], int(argv[2]), Path(argv[3])
         if name == "tree":
-            res = piece_tree(n, work)
+            one = piece_tree(n, work)
         elif name == "bundle-build":
-            res = build_bundle_store(Path(argv[4]), n)
+            one = build_bundle_store(Path(argv[4]), n)
         elif name == "index":
-            res = piece_index(n, work, argv[4], int(argv[5]) if len(argv) > 5 else None)
+            one = piece_index(n, work, argv[4], int(argv[5]) if len(argv) > 5 else None)
         elif name == "statcache":
-            res = piece_statcache(n, work)
+            one = piece_statcache(n, work)
         else:
             raise SystemExit(f"unknown piece {name}")
-        print(json.dumps(res))
+        print(json.dumps(one))
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
