@@ -610,6 +610,11 @@ class Extras:
     parent: BundleRecord | None = None
     parent_rows: dict[str, Row] = field(default_factory=dict)
 
+    @property
+    def needs_paths(self) -> bool:
+        """Whether ``check_paths`` has anything to check (else an upload skips listing its paths)."""
+        return bool(self.rows) or (self.schema is not None and bool(self.parent_rows))
+
     def check_paths(self, paths: Iterable[str]) -> None:
         """Refuse rows for paths that are not files of the upload (exit 1, naming the first few),
         and check the parent rows that may be carried over against the schema in force."""

@@ -93,6 +93,10 @@ def reindex(ctx: Context, *, files: bool = False) -> ReindexReport:
                 report.added += len(new)
                 added_filemaps += [(e[0], pack, *e[1:]) for e in new if e[4] == Kind.FILEMAP]
         report.dropped_filemaps = _drop_dangling_filemaps(ctx, added_filemaps, report)
+        if report.added or report.dropped_filemaps:
+            from datamon.cas.ingest import bump_index_epoch
+
+            bump_index_epoch(blobs)  # a tree put back may name objects gc deleted: caches of trees go
         _reindex_runs(ctx, report)
         _reindex_renames(ctx, report)
         _reindex_files(ctx, report, rebuild=files)

@@ -577,4 +577,8 @@ def _repair(ctx: Context, reach: Reach) -> int:
     droppable |= {fm for fm, chunks in reach.filemaps.items() if any(c in reach.bad for c in chunks)}
     if droppable:
         ctx.meta.remove_objects(sorted(droppable))
+    from datamon.cas.ingest import bump_index_epoch
+
+    # Indexed trees may name what is bad or gone: uploads stop reusing trees cached before now.
+    bump_index_epoch(ctx.cas.blobs)
     return len(droppable)

@@ -40,6 +40,34 @@ _BATCH_KEYS = 2000
 _USED_MARK = re.compile(r"^used/[0-9a-f]{2}/([0-9a-f]{64})\.(\d+)$")
 
 
+INDEX_EPOCH_BLOB = "index-epoch"
+
+
+def index_epoch(blobs: BlobStore) -> str:
+    """The store's index epoch: changed by every operation that may drop index rows of
+    objects that indexed trees still refer to (``verify --repair``, ``admin reindex``), so
+    that caches of trees built before it (the upload stat cache's directory rows) stop
+    counting. A store that never had one is at epoch ``"0"``."""
+    from datamon.errors import NotFound
+
+    try:
+        raw = blobs.get(INDEX_EPOCH_BLOB)
+    except NotFound:
+        return "0"
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        text = ""
+    return text if 0 < len(text) <= 64 and text.isalnum() else "unreadable-" + os.urandom(8).hex()
+
+
+def bump_index_epoch(blobs: BlobStore) -> str:
+    """Start a new index epoch (see ``index_epoch``); returns it."""
+    epoch = f"{time.time_ns():x}{os.urandom(8).hex()}"
+    blobs.put(INDEX_EPOCH_BLOB, epoch.encode("ascii"))
+    return epoch
+
+
 def used_mark_name(pack: str, time_ns: int) -> str:
     """Blob name of a *used mark*: an upload reused objects of ``pack`` at ``time_ns``."""
     return f"used/{pack[:2]}/{pack}.{time_ns}"
@@ -191,6 +219,63 @@ class Ingester:
 
     def _write(self, key: bytes, raw: bytes | memoryview, kind: int) -> None:
         self.writer.write(key, raw, kind, replace=key in self.replaced)
+
+    # -- batches of small objects (uploads of many small files) ------------------------
+    def _rows_of(self, keys: Sequence[bytes]) -> Mapping[bytes, IndexRow]:
+        """Index rows of those ``keys`` that are safe to reuse (``reusable``: used marks first)."""
+        present = reusable(self.index, self.writer.blobs, keys, self.marked)
+        rows: Mapping[bytes, IndexRow] | None = getattr(present, "rows", None)
+        if rows is None:  # a stand-in for ``reusable`` (tests): look the rows up
+            rows = self.index.lookup_objects([k for k in keys if k in present])
+        return rows
+
+    def claim_small(self, keys: Sequence[bytes], facts: Callable[[bytes], tuple[int, int]]) -> set[bytes]:
+        """Of the keys of chunks and trees (whose key is the hash of their bytes), those this
+        caller must write: not indexed, or indexed with a row whose kind or raw length is not
+        ``facts(key)`` (then the new row replaces it), and not claimed by another thread. One
+        index query per ``_BATCH_KEYS`` keys; ``facts`` is asked only about indexed keys."""
+        w = self.writer
+        mine = w.claim_many(dict.fromkeys(keys))
+        if not mine:
+            return set()
+        rows = self._rows_of(mine)
+        if not rows:
+            return set(mine)
+        wrong = {k for k, row in rows.items() if (row[5], row[4]) != facts(k)}
+        right = [k for k in rows if k not in wrong]
+        w.unclaim_present(right)
+        if wrong:
+            with self._lock:
+                self.replaced.update(wrong)
+        todo = set(mine)
+        todo.difference_update(right)
+        return todo
+
+    def write_stored(self, items: Sequence[tuple[bytes, bytes | memoryview, int, int, int]]) -> None:
+        """Append claimed, already encoded objects (key, stored, raw length, kind, compression)
+        in order (see ``PackWriter.write_stored_many``)."""
+        replace = {k for k, *_ in items if k in self.replaced} if self.replaced else None
+        self.writer.write_stored_many(items, replace=replace)
+
+    def present_files(self, files: Sequence[tuple[bytes, int]]) -> set[bytes]:
+        """Of (file key, size) pairs a stat cache vouched for, the keys an upload may refer to
+        without reading the files: indexed as a chunk of exactly that size, or as a file map."""
+        keys = list(dict.fromkeys(k for k, _ in files))
+        rows = self._rows_of(keys)
+        size_of = dict(files)
+        ok = set()
+        for k, row in rows.items():
+            if row[5] == Kind.FILEMAP or (row[5] == Kind.CHUNK and row[4] == size_of.get(k)):
+                ok.add(k)
+        self.writer.mark_present(ok)
+        return ok
+
+    def present_trees(self, keys: Sequence[bytes]) -> set[bytes]:
+        """Of tree keys a stat cache vouched for, those indexed as trees (with used marks)."""
+        rows = self._rows_of(list(dict.fromkeys(keys)))
+        ok = {k for k, row in rows.items() if row[5] == Kind.TREE}
+        self.writer.mark_present(ok)
+        return ok
 
     def store_objects(self, objects: Sequence[tuple[bytes, bytes, int]]) -> int:
         """Store (key, raw, kind) objects that are not stored yet (or whose rows are proven

@@ -194,11 +194,25 @@ def decode_object(
     return raw
 
 
+PRESENT_MAX = 1 << 16  # keys a writer remembers as already indexed (an LRU; the index knows the rest)
+COMMIT_ROWS = 1 << 16  # index rows of landed packs committed together (large transactions are cheaper)
+
+
 class PackWriter:
     """Thread-safe writer of objects into packs. Call ``flush`` before anything refers to them.
 
     ``claim`` makes deduplication within one upload race-free: only the first thread to
-    claim a key writes it.
+    claim a key writes it. Memory does not grow with the number of objects: a claimed key
+    is forgotten once its pack is indexed (the index answers for it from then on), and keys
+    found in the index are remembered in a bounded LRU only.
+
+    Packs are uploaded in the background (at most ``uploaders`` at once, which bounds the
+    sealed packs held in memory) but their index rows are committed in the order the packs
+    were sealed, so an object's row never lands before the rows of objects written earlier
+    in the session: a tree (written after its entries) is never indexed without them, even
+    if the upload is killed between two commits. Rows of landed packs are committed together
+    once there are ``COMMIT_ROWS`` of them (and at ``flush``): a pack whose rows are not
+    committed yet is an orphan to gc, adopted or deleted after the grace period.
     """
 
     def __init__(
@@ -215,11 +229,19 @@ class PackWriter:
         self.level = level
         self.pack_size = pack_size
         self._lock = threading.Lock()
-        self._claimed: set[bytes] = set()
-        self._builder = PackBuilder()
+        self._capacity = pack_size + (1 << 20)
+        self._claimed: set[bytes] = set()  # written or being written, pack not indexed yet
+        self._present: OrderedDict[bytes, None] = OrderedDict()  # known to be indexed
+        self._builder = PackBuilder(self._capacity)
         self._pool = ThreadPoolExecutor(max_workers=uploaders, thread_name_prefix="datamon-pack")
         self._pending: list[Future[None]] = []
         self._slots = threading.Semaphore(uploaders)  # bounds sealed packs held in memory
+        self._turn = threading.Condition()  # index commits in sealing order
+        self._sealed = 0
+        self._committed = 0
+        self._failed = False
+        self._landed: list[tuple[str, int, list[tuple[bytes, int, int, int, int, int]]]] = []
+        self._landed_rows = 0
         self.stored_bytes = 0
         self.written_objects = 0
         self.packs_written = 0
@@ -227,77 +249,167 @@ class PackWriter:
     def claim(self, key: bytes) -> bool:
         """True if the caller should write ``key`` (nobody in this writer has claimed it)."""
         with self._lock:
-            if key in self._claimed:
+            if key in self._claimed or key in self._present:
                 return False
             self._claimed.add(key)
             return True
 
+    def claim_many(self, keys: Iterable[bytes]) -> list[bytes]:
+        """The keys of ``keys`` the caller should write (``claim`` for each, one lock)."""
+        out = []
+        with self._lock:
+            claimed, present = self._claimed, self._present
+            for k in keys:
+                if k not in claimed and k not in present:
+                    claimed.add(k)
+                    out.append(k)
+        return out
+
+    def unclaim_present(self, keys: Sequence[bytes]) -> None:
+        """Give back claims on keys the caller found in the index, and remember them as
+        indexed (so nobody writes them)."""
+        with self._lock:
+            self._claimed.difference_update(keys)
+        self.mark_present(keys)
+
     def mark_present(self, keys: Iterable[bytes]) -> None:
         """Record keys known to be stored already (from the index) so they are not written."""
         with self._lock:
-            self._claimed.update(keys)
+            present = self._present
+            for k in keys:
+                present[k] = None
+                present.move_to_end(k)
+            while len(present) > PRESENT_MAX:
+                present.popitem(last=False)
 
     def is_claimed(self, key: bytes) -> bool:
-        return key in self._claimed
+        return key in self._claimed or key in self._present
 
     def write(self, key: bytes, raw: bytes | memoryview, kind: int, *, replace: bool = False) -> None:
         """Compress (outside the lock) and append one claimed object. ``replace``: the index
         row of ``key`` was proven wrong; this object's row replaces it when the pack lands."""
-        if kind != Kind.CHUNK and len(raw) > MAX_META_OBJECT:
+        self._check_size(key, len(raw), kind)
+        stored, comp = encode_object(raw, self.level if kind == Kind.CHUNK else max(self.level, 3))
+        self.write_stored_many([(key, stored, len(raw), kind, comp)], replace={key} if replace else None)
+
+    @staticmethod
+    def _check_size(key: bytes, n: int, kind: int) -> None:
+        if kind != Kind.CHUNK and n > MAX_META_OBJECT:
             raise UsageError(
-                f"object {key.hex()} of kind {kind} has {len(raw)} bytes, more than the "
+                f"object {key.hex()} of kind {kind} has {n} bytes, more than the "
                 f"{MAX_META_OBJECT} readers accept",
                 "split the directory (or file) into smaller ones",
             )
-        stored, comp = encode_object(raw, self.level if kind == Kind.CHUNK else max(self.level, 3))
-        full = None
+
+    def write_stored_many(
+        self,
+        items: Sequence[tuple[bytes, bytes | memoryview, int, int, int]],
+        *,
+        replace: set[bytes] | None = None,
+    ) -> None:
+        """Append claimed objects that are already encoded: (key, stored bytes, raw length,
+        kind, compression), in order, under one lock. ``replace``: keys whose index rows were
+        proven wrong (see ``write``)."""
+        for key, _, n, kind, _ in items:
+            self._check_size(key, n, kind)
+        full: list[PackBuilder] = []
         with self._lock:
-            self._builder.add(key, stored, len(raw), kind, comp)
-            if replace:
-                self._builder.replace_keys.append(key)
-            self.stored_bytes += len(stored)
-            self.written_objects += 1
-            if len(self._builder) >= self.pack_size:
-                full, self._builder = self._builder, PackBuilder()
-        if full is not None:
-            self._submit(full)
+            i, n = 0, len(items)
+            while i < n:
+                b = self._builder
+                j = b.add_many(items, i, self.pack_size)
+                if replace:
+                    b.replace_keys.extend(it[0] for it in items[i:j] if it[0] in replace)
+                self.stored_bytes += sum(len(it[1]) for it in items[i:j])
+                self.written_objects += j - i
+                i = j
+                if len(b) >= self.pack_size:
+                    full.append(b)
+                    self._builder = PackBuilder(self._capacity)
+        for f in full:
+            self._submit(f)
 
     def _submit(self, builder: PackBuilder) -> None:
         self._slots.acquire()
         try:
-            fut = self._pool.submit(self._upload, builder)
+            with self._turn:
+                seq = self._sealed
+                self._sealed += 1
+            fut = self._pool.submit(self._upload, builder, seq)
         except BaseException:
             self._slots.release()
             raise
         with self._lock:
             self._pending.append(fut)
 
-    def _upload(self, builder: PackBuilder) -> None:
+    def _upload(self, builder: PackBuilder, seq: int) -> None:
         try:
-            name, data, entries = builder.finish()
+            replace_keys = list(builder.replace_keys)
+            name, data, rows = builder.finish_rows()
+            size = len(data)
             self.blobs.put(pack_blob_name(name), data)
-            rows = [e.as_tuple() for e in entries]
-            if builder.replace_keys:
-                self.index.add_pack(name, len(data), rows, replace_keys=list(builder.replace_keys))
-            else:
-                self.index.add_pack(name, len(data), rows)
+            del data
+            with self._turn:
+                while self._committed != seq and not self._failed:
+                    self._turn.wait()
+                if self._failed:
+                    raise RuntimeError("an earlier pack of this upload failed; this one is not indexed")
+                # Still this pack's turn: rows are committed in sealing order, several packs per
+                # transaction when the index can (``add_packs``).
+                if replace_keys or not hasattr(self.index, "add_packs"):
+                    self._commit_landed()
+                    if replace_keys:
+                        self.index.add_pack(name, size, rows, replace_keys=replace_keys)
+                    else:
+                        self.index.add_pack(name, size, rows)
+                    self._forget(rows)
+                else:
+                    self._landed.append((name, size, rows))
+                    self._landed_rows += len(rows)
+                    if self._landed_rows >= COMMIT_ROWS:
+                        self._commit_landed()
+                self._committed += 1
+                self._turn.notify_all()
             with self._lock:
                 self.packs_written += 1
+        except BaseException:
+            with self._turn:
+                self._failed = True
+                self._turn.notify_all()
+            raise
         finally:
             self._slots.release()
 
+    def _commit_landed(self) -> None:
+        """Index the packs that landed and wait for their rows (holding ``_turn``)."""
+        landed, self._landed, self._landed_rows = self._landed, [], 0
+        if not landed:
+            return
+        self.index.add_packs(landed)  # type: ignore[attr-defined]
+        for _, _, rows in landed:
+            self._forget(rows)
+
+    def _forget(self, rows: Sequence[tuple[bytes, int, int, int, int, int]]) -> None:
+        with self._lock:
+            self._claimed.difference_update(r[0] for r in rows)  # the index knows them now
+
     def flush(self) -> None:
-        """Upload the open pack and wait for every upload; re-raises the first failure."""
+        """Upload the open pack, wait for every upload and index every pack; re-raises the
+        first failure."""
         with self._lock:
             full = self._builder if self._builder.count else None
             if full is not None:
-                self._builder = PackBuilder()
+                self._builder = PackBuilder(self._capacity)
         if full is not None:
             self._submit(full)
         with self._lock:
             pending, self._pending = self._pending, []
         for fut in pending:
             fut.result()
+        with self._turn:
+            if self._failed:
+                raise RuntimeError("a pack of this upload failed")
+            self._commit_landed()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -15,6 +15,7 @@ can be rebuilt from the packs alone (``read_index``).
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -60,35 +61,100 @@ def pack_blob_name(pack_name: str) -> str:
 
 
 class PackBuilder:
-    """Accumulates stored objects in memory; ``finish`` returns (name, bytes, entries)."""
+    """Accumulates stored objects in memory; ``finish`` returns (name, bytes, entries).
 
-    def __init__(self) -> None:
-        self._buf = bytearray(PACK_MAGIC)
-        self.entries: list[PackEntry] = []
+    Entries are kept as plain tuples (an upload of a million small files adds a million):
+    ``finish_rows`` hands them over as such, ``finish`` and ``entries`` as ``PackEntry``.
+    The buffer grows once, from 64 KiB straight to ``capacity`` (a bytearray grows by an
+    eighth at a time, copying a 32 MiB pack about eight times over while it fills)."""
+
+    _INITIAL = 1 << 16
+
+    def __init__(self, capacity: int = (32 << 20) + (1 << 20)) -> None:
+        """``capacity``: the size the buffer grows to when 64 KiB are not enough (then by an
+        eighth as needed); the writer passes its pack size plus a little."""
+        self._cap = capacity
+        self._buf = bytearray(self._INITIAL)
+        self._buf[: len(PACK_MAGIC)] = PACK_MAGIC
+        self._len = len(PACK_MAGIC)
+        self._rows: list[tuple[bytes, int, int, int, int, int]] = []
         self.replace_keys: list[bytes] = []  # keys whose existing index rows this pack replaces
 
     def __len__(self) -> int:
-        return len(self._buf)
+        return self._len
 
     @property
     def count(self) -> int:
-        return len(self.entries)
+        return len(self._rows)
 
-    def add(self, key: bytes, stored: bytes, raw_length: int, kind: int, compression: int) -> None:
-        self.entries.append(PackEntry(key, len(self._buf), len(stored), raw_length, kind, compression))
-        self._buf += stored
+    @property
+    def entries(self) -> list[PackEntry]:
+        return [PackEntry(*r) for r in self._rows]
+
+    def keys(self) -> list[bytes]:
+        return [r[0] for r in self._rows]
+
+    def _reserve(self, end: int) -> None:
+        cap = len(self._buf)
+        if end > cap:
+            new = self._cap if end <= self._cap else end + (end >> 3)
+            self._buf.extend(bytes(new - cap))
+
+    def add(
+        self, key: bytes, stored: bytes | memoryview, raw_length: int, kind: int, compression: int
+    ) -> None:
+        off = self._len
+        end = off + len(stored)
+        self._reserve(end)
+        self._buf[off:end] = stored
+        self._rows.append((key, off, end - off, raw_length, kind, compression))
+        self._len = end
+
+    def add_many(
+        self, items: Sequence[tuple[bytes, bytes | memoryview, int, int, int]], start: int, limit: int
+    ) -> int:
+        """Add ``items[start:]`` — (key, stored, raw_length, kind, compression) — until the pack
+        holds ``limit`` bytes or more; returns the index of the first item not added."""
+        rows = self._rows
+        buf = self._buf
+        off = self._len
+        i, n = start, len(items)
+        while i < n:
+            key, stored, raw_length, kind, compression = items[i]
+            end = off + len(stored)
+            if end > len(buf):
+                self._reserve(end)
+                buf = self._buf
+            buf[off:end] = stored
+            rows.append((key, off, end - off, raw_length, kind, compression))
+            off = end
+            i += 1
+            if off >= limit:
+                break
+        self._len = off
+        return i
+
+    def finish_rows(self) -> tuple[str, bytes, list[tuple[bytes, int, int, int, int, int]]]:
+        """Seal the pack: (name, bytes, index rows as ``(key, offset, length, raw_length, kind,
+        compression)`` tuples). The builder is empty afterwards."""
+        index_offset = self._len
+        pack = ENTRY.pack
+        index = b"".join([pack(*r, 0) for r in self._rows])
+        footer = FOOTER.pack(index_offset, len(self._rows), key_of(index), FOOTER_MAGIC)
+        end = index_offset + len(index) + len(footer)
+        self._reserve(end)
+        buf = self._buf
+        buf[index_offset : index_offset + len(index)] = index
+        buf[index_offset + len(index) : end] = footer
+        del buf[end:]
+        # Hand over the buffer itself: copying a 32 MiB pack would double its memory.
+        data, self._buf, self._len = buf, bytearray(), 0
+        rows, self._rows = self._rows, []
+        return key_of(data).hex(), data, rows  # type: ignore[return-value]
 
     def finish(self) -> tuple[str, bytes, list[PackEntry]]:
-        index_offset = len(self._buf)
-        index = b"".join(
-            ENTRY.pack(e.key, e.offset, e.length, e.raw_length, e.kind, e.compression, 0)
-            for e in self.entries
-        )
-        self._buf += index
-        self._buf += FOOTER.pack(index_offset, len(self.entries), key_of(index), FOOTER_MAGIC)
-        # Hand over the buffer itself: copying a 32 MiB pack would double its memory.
-        data, self._buf = self._buf, bytearray()
-        return key_of(data).hex(), data, self.entries  # type: ignore[return-value]
+        name, data, rows = self.finish_rows()
+        return name, data, [PackEntry(*r) for r in rows]
 
 
 MAX_ENTRIES = 1 << 24  # objects per pack a reader accepts (a 32 MiB pack holds < 1M)

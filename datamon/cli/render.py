@@ -292,7 +292,15 @@ class RichProgress:
         )
         self._p.start()
         self._files = 0
+        self._totals = [files, nbytes]
         self._task = self._p.add_task(self.verb, total=max(nbytes, 1), files=0, total_files=files)
+
+    def grow(self, files: int, nbytes: int) -> None:
+        """Raise the totals (a streaming upload discovers them as it walks)."""
+        if self._p is not None:
+            self._totals[0] += files
+            self._totals[1] += nbytes
+            self._p.update(self._task, total=max(self._totals[1], 1), total_files=self._totals[0])
 
     def advance(self, files: int, nbytes: int) -> None:
         if self._p is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any, Final
 
 from sqlalchemy import delete, func, select
@@ -15,6 +16,7 @@ from sqlalchemy import delete, func, select
 from datamon.meta.base import StoreBase, batches
 from datamon.meta.records import IndexRow, PackEntry, PackRecord
 from datamon.meta.schema import objects, packs
+from datamon.meta.schema import packs as packs_table
 
 _INDEX_COLS: Final = (
     objects.c.key,
@@ -71,8 +73,10 @@ class ObjectIndexMixin(StoreBase):
         the same transaction, so this pack's entries for them are inserted instead; a reader
         finds either the old row or the new one, never none. Each must be a key of ``entries``.
         """
-        entry_keys = {bytes(e[0]) for e in entries}
-        doomed = [k for k in dict.fromkeys(bytes(k) for k in replace_keys) if k in entry_keys]
+        doomed: list[bytes] = []
+        if replace_keys:
+            entry_keys = {bytes(e[0]) for e in entries}
+            doomed = [k for k in dict.fromkeys(bytes(k) for k in replace_keys) if k in entry_keys]
         pack_stmt = (
             self._insert(packs)
             .values(name=name, size=size, object_count=len(entries), created_ns=time.time_ns())
@@ -92,29 +96,78 @@ class ObjectIndexMixin(StoreBase):
             # inserts local on SQLite (about 2x faster), and on PostgreSQL it is what keeps racing
             # uploaders apart: two transactions inserting overlapping keys in different orders
             # wait on each other's uncommitted rows and deadlock; in one global order they queue.
+            if self._dialect == "sqlite":
+                # SQLAlchemy's per-row parameter handling costs more than SQLite's own insert, so
+                # hand the driver plain tuples, sorted by key (stable: a repeated key's first
+                # entry is inserted first and the others do nothing).
+                tuples = [(bytes(e[0]), name, e[1], e[2], e[3], e[4], e[5]) for e in entries]
+                tuples.sort(key=itemgetter(0))
+                conn.exec_driver_sql(_SQLITE_ADD_OBJECTS, tuples)
+                return
             first: dict[bytes, PackEntry] = {}
             for e in entries:
                 first.setdefault(bytes(e[0]), e)
             ordered = sorted(first.items())
+            rows = [
+                {
+                    "key": k,
+                    "pack": name,
+                    "offset": e[1],
+                    "length": e[2],
+                    "raw_length": e[3],
+                    "kind": e[4],
+                    "compression": e[5],
+                }
+                for k, e in ordered
+            ]
+            conn.execute(self._insert(objects).on_conflict_do_nothing(index_elements=["key"]), rows)
+
+    def add_packs(self, packs: Sequence[tuple[str, int, Sequence[PackEntry]]]) -> None:
+        """``add_pack`` for several packs (without ``replaces``/``replace_keys``) in one
+        transaction: an upload of many small files commits its index rows in large
+        transactions, which on SQLite costs about half per row (each transaction rewrites
+        every b-tree page it touches). A key in more than one of the packs keeps one row."""
+        if len(packs) == 1:
+            self.add_pack(*packs[0])
+            return
+        now = time.time_ns()
+        with self._write() as conn:
+            for name, size, entries in packs:
+                conn.execute(
+                    self._insert(packs_table)
+                    .values(name=name, size=size, object_count=len(entries), created_ns=now)
+                    .on_conflict_do_nothing(index_elements=["name"])
+                )
+            tuples = [
+                (bytes(e[0]), name, e[1], e[2], e[3], e[4], e[5])
+                for name, _, entries in packs
+                for e in entries
+            ]
+            if not tuples:
+                return
+            tuples.sort(
+                key=itemgetter(0)
+            )  # key order (see add_pack), stable: a repeated key's first tuple wins
             if self._dialect == "sqlite":
-                # SQLAlchemy's per-row parameter handling costs more than SQLite's own insert, so
-                # hand the driver plain tuples.
-                tuples = [(k, name, e[1], e[2], e[3], e[4], e[5]) for k, e in ordered]
                 conn.exec_driver_sql(_SQLITE_ADD_OBJECTS, tuples)
-            else:
-                rows = [
-                    {
-                        "key": k,
-                        "pack": name,
-                        "offset": e[1],
-                        "length": e[2],
-                        "raw_length": e[3],
-                        "kind": e[4],
-                        "compression": e[5],
-                    }
-                    for k, e in ordered
-                ]
-                conn.execute(self._insert(objects).on_conflict_do_nothing(index_elements=["key"]), rows)
+                return
+            rows = []
+            prev = None
+            for t in tuples:
+                if t[0] != prev:
+                    prev = t[0]
+                    rows.append(
+                        {
+                            "key": t[0],
+                            "pack": t[1],
+                            "offset": t[2],
+                            "length": t[3],
+                            "raw_length": t[4],
+                            "kind": t[5],
+                            "compression": t[6],
+                        }
+                    )
+            conn.execute(self._insert(objects).on_conflict_do_nothing(index_elements=["key"]), rows)
 
     def list_packs(self) -> list[PackRecord]:
         """Every recorded pack, sorted by name."""

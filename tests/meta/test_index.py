@@ -101,6 +101,29 @@ def test_index_keeps_first_writer(store: MetadataStore, packs: list[list[tuple[i
     assert {k: (r[1], r[2]) for k, r in found.items()} == model
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    packs=st.lists(
+        st.lists(st.tuples(st.integers(0, 40), st.integers(0, 2**40)), max_size=30), min_size=1, max_size=4
+    )
+)
+def test_add_packs_keeps_first_writer(store: MetadataStore, packs: list[list[tuple[int, int]]]) -> None:
+    """``add_packs`` (one transaction for several packs) indexes like ``add_pack`` called for
+    each pack in turn: a key keeps its first pack's first entry."""
+    ns = next(_namespaces) * 1_000
+    model: dict[bytes, tuple[str, int]] = {}
+    batch = []
+    for n, items in enumerate(packs):
+        name = hex_id(f"{ns}/{n}")
+        batch.append((name, 1, [(key(ns + k), off, 1, 1, 0, 0) for k, off in items]))
+        for k, off in items:
+            model.setdefault(key(ns + k), (name, off))
+    store.add_packs(batch)
+    found = store.lookup_objects([key(ns + k) for k in range(41)])
+    assert {k: (r[1], r[2]) for k, r in found.items()} == model
+    assert {p.name for p in store.list_packs()} >= {name for name, _, _ in batch}
+
+
 def test_lfs_objects(store: MetadataStore) -> None:
     store.create_repo("r")
     store.create_repo("s")

@@ -247,21 +247,23 @@ def test_a_tree_1500_directories_deep(dm, tmp_path: Path, deep_cleanup) -> None:
 def test_file_growing_after_the_scan_is_read_bounded(
     dm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
+    import datamon.api.dirscan as ds
     import datamon.api.upload as up
 
     src = make_tree(tmp_path / "src", {"grows.log": "x" * 100, "same.txt": "s"})
     big = os.urandom(1 << 20) * 3  # 3 MiB appended after the scan
-    real_scan = up.scan
+    real_list = ds._list_entries
 
-    def scan_then_grow(root, on_error):  # type: ignore[no-untyped-def]
-        top = real_scan(root, on_error)
+    def list_then_grow(path, end):  # type: ignore[no-untyped-def]
+        out = real_list(path, end)
         with open(src / "grows.log", "ab") as f:
             f.write(big)
-        return top
+        return out
 
     limits: list[int] = []
-    real_read = up._read_upto
-    monkeypatch.setattr(up, "scan", scan_then_grow)
+    real_read = ds._read_upto
+    monkeypatch.setattr(ds, "_list_entries", list_then_grow)
+    monkeypatch.setattr(ds, "_read_upto", lambda fd, n: limits.append(n) or real_read(fd, n))
     monkeypatch.setattr(up, "_read_upto", lambda fd, n: limits.append(n) or real_read(fd, n))
     assert dm("repo", "create", "--repo", "r").code == 0
     bid = upload(dm, src, "v1")
@@ -304,3 +306,69 @@ def test_names_that_are_not_utf8_round_trip(dm, tmp_path: Path) -> None:  # type
     with connect() as ctx:
         assert ctx.upload("r", src, message="again").read_files == 0
         assert ctx.upload("r", out, message="from the download").read_files == 0
+
+
+def test_a_cached_tree_is_reused_only_while_indexed_and_current(dm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The stat cache's directory rows (docs/security.md, "What a re-upload takes from the stat
+    cache"): a cached tree is reused only while the index has it as a tree and the index epoch
+    is the one it was recorded under; the documented gap (a hand-deleted row below a cached
+    tree) is found by verify and closed by verify --repair and a re-upload."""
+    from datamon.api.verify import verify
+    from datamon.cas.ingest import INDEX_EPOCH_BLOB
+
+    src = make_tree(tmp_path / "src", {"a": {"x.txt": "x" * 100, "y.txt": "y" * 200}, "b": {"z.txt": "z"}})
+    assert dm("repo", "create", "--repo", "r").code == 0
+    with connect() as ctx:
+        first = ctx.upload("r", src, message="v1")
+        assert ctx.upload("r", src, message="v2").reused_dirs == 3
+        trees = {e.path: e.entry.key for e in ctx.entries("r", bundle=first.bundle.id) if e.entry.is_dir}
+        x = next(e.entry.key for e in ctx.entries("r", bundle=first.bundle.id) if e.path == "a/x.txt")
+
+        # the tree row is gone: not reused, written again
+        ctx.meta.remove_objects([trees["a"]])
+        again = ctx.upload("r", src, message="v3")
+        assert again.reused_dirs == 0 and again.read_files == 0
+        assert trees["a"] in ctx.meta.lookup_objects([trees["a"]])
+        assert verify(ctx, full=True).ok
+
+        # another epoch (verify --repair, admin reindex): nothing cached before is reused
+        ctx.cas.blobs.put(INDEX_EPOCH_BLOB, b"another")
+        assert ctx.upload("r", src, message="v4").reused_dirs == 0
+        assert ctx.upload("r", src, message="v5").reused_dirs == 3
+
+        # the gap: a row below a cached tree deleted by hand; the tree is reused, verify says so
+        ctx.meta.remove_objects([x])
+        gap = ctx.upload("r", src, message="v6")
+        assert gap.reused_dirs == 3 and gap.read_files == 0
+        report = verify(ctx)
+        assert not report.ok and {a.path for a in report.affected if a.bundle == gap.bundle.id} == {"a/x.txt"}
+        verify(ctx, repair=True)  # changes the epoch
+        fixed = ctx.upload("r", src, message="v7")
+        assert fixed.reused_dirs == 0 and fixed.read_files == 1
+        assert x in ctx.meta.lookup_objects([x])
+        assert verify(ctx, full=True).ok
+
+
+def test_a_changed_directory_takes_its_unchanged_keys_from_its_cached_tree(tmp_path: Path) -> None:
+    """In a directory where one file changed, the others keep their cached keys on the word of the
+    directory's cached tree (one index lookup instead of one per file) — only while that tree is
+    indexed and current: without it, every cached key is looked up and a missing one is read."""
+    src = make_tree(tmp_path / "src", {"d": {f"f{i}.txt": f"{i}" * 50 for i in range(20)}})
+    with connect() as ctx:
+        ctx.create_repo("r")
+        first = ctx.upload("r", src, message="v1")
+        tree_d = next(e.entry.key for e in ctx.entries("r", bundle=first.bundle.id) if e.path == "d")
+        (src / "d" / "f0.txt").write_text("changed")
+        second = ctx.upload("r", src, message="v2")
+        assert second.read_files == 1
+        # the tree that vouched for the 19 unchanged keys is gone: they are looked up one by one
+        gone = next(e.entry.key for e in ctx.entries("r", bundle=first.bundle.id) if e.path == "d/f1.txt")
+        tree_d2 = next(e.entry.key for e in ctx.entries("r", bundle=second.bundle.id) if e.path == "d")
+        ctx.meta.remove_objects([tree_d, tree_d2, gone])
+        (src / "d" / "f0.txt").write_text("changed again")
+        third = ctx.upload("r", src, message="v3")
+        assert third.read_files == 2  # the changed file, and the one whose object is not stored
+        assert gone in ctx.meta.lookup_objects([gone])
+        from datamon.api.verify import verify
+
+        assert verify(ctx, repo="r", bundle=third.bundle.id, full=True).ok
