@@ -54,6 +54,16 @@ def _chunk_of(ctx, path: str, bid: str) -> tuple[bytes, tuple]:  # type: ignore[
     return e.key, row
 
 
+def _packs_of(ctx, repo: str, bid: str, path: str) -> set[bytes]:  # type: ignore[no-untyped-def]
+    """The packs holding a file's object and, for a file map, its chunks."""
+    from datamon.api.bundles import lookup
+
+    e = lookup(ctx, ctx.bundle(repo, bid), path)
+    row = ctx.meta.lookup_objects([e.key])[e.key]
+    keys = [c[0] for c in ctx.cas.file_chunks(e.key, e.size)] if row[5] == Kind.FILEMAP else []
+    return {row[1]} | {r[1] for r in ctx.meta.lookup_objects(keys).values()}
+
+
 def test_flipped_byte_is_found_named_and_repaired_by_reupload(tmp_path: Path) -> None:
     files = dataset(2)
     root, bid = _setup(tmp_path, files)
@@ -115,13 +125,22 @@ def test_deleted_pack_names_every_bundle_and_path(tmp_path: Path) -> None:
         b1 = ctx.upload("r", src, message="one").bundle.id
         b2 = ctx.upload("q", other, message="two").bundle.id
         _key, row = _chunk_of(ctx, "big/0.bin", b1)
+        # Big files are read in parallel, so a pack may also hold chunks of another file: every
+        # file with a chunk in the deleted pack is affected (big/0.bin and its copy at least).
+        expected = {
+            (repo, bid, path)
+            for repo, bid, paths in (("r", b1, files), ("q", b2, ["copy/of/big.bin", "mine.txt"]))
+            for path in paths
+            if row[1] in _packs_of(ctx, repo, bid, path)
+        }
+        assert {("r", b1, "big/0.bin"), ("q", b2, "copy/of/big.bin")} <= expected
     (root / "blobs" / pack_blob_name(row[1])).unlink()
 
     res = run_cli(root, "verify", "--json")
     assert res.returncode == 4
     lines = [json.loads(x) for x in res.stdout.splitlines()]
     hit = {(x["repo"], x["bundle"], x["path"]) for x in lines if x["type"] == "affected"}
-    assert hit == {("r", b1, "big/0.bin"), ("q", b2, "copy/of/big.bin")}
+    assert hit == expected
     assert {x["problem"] for x in lines if x["type"] == "affected"} == {PACK_MISSING}
     assert "error:" in res.stderr and "--repair" in res.stderr
 
