@@ -244,3 +244,34 @@ def test_interrupted_download_keeps_digests_of_finished_directories(
         assert views[0].fast_dirs >= 2  # d0 and d1 were complete
         assert diff_mod.diff_destination(ctx, "r", out, bundle=one) == []
         assert views[-1].slow_dirs == 0
+
+
+def test_a_retargeted_symlink_misses_its_directory_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A symlink's target is part of its directory's digest: pointed elsewhere (same name, no
+    file touched), the directory is compared entry by entry and the link is a change."""
+    import datamon.api.diff as diff_mod
+
+    src = make_tree(tmp_path / "src", {"d": {"a.txt": "a", "b.txt": "b"}})
+    os.symlink("a.txt", src / "d" / "link")
+    out = tmp_path / "out"
+    views: list[diff_mod._LocalView] = []
+    real_init = diff_mod._LocalView.__init__
+
+    def keep(self: Any, *a: Any, **kw: Any) -> None:
+        real_init(self, *a, **kw)
+        views.append(self)
+
+    monkeypatch.setattr(diff_mod._LocalView, "__init__", keep)
+    with connect() as ctx:
+        ctx.create_repo("r")
+        one = ctx.upload("r", src, "one").bundle.id
+        _download(ctx, one, out)
+        assert diff_mod.diff_destination(ctx, "r", out, bundle=one) == []
+        assert (views[-1].fast_dirs, views[-1].slow_dirs) == (2, 0)
+        os.unlink(out / "d" / "link")
+        os.symlink("b.txt", out / "d" / "link")
+        changes = diff_mod.diff_destination(ctx, "r", out, bundle=one)
+        assert [(c.op, c.path) for c in changes] == [("U", "d/link")]
+        assert (views[-1].fast_dirs, views[-1].slow_dirs) == (1, 1)
