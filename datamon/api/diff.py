@@ -458,8 +458,8 @@ def update(
     directory fds and never follow a symlink.
     """
     from datamon.api import localfs
-    from datamon.api.download import materialize
     from datamon.api.downloads import Registry, registered
+    from datamon.api.materialize import materialize
     from datamon.errors import UsageError
 
     t0 = time.perf_counter()

@@ -180,7 +180,7 @@ def test_update_checks_directories_not_files(
 def test_download_locates_small_files_through_pack_indexes(
     two_bundles: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import datamon.api.download as download_mod
+    import datamon.api.materialize as materialize_mod
     from datamon.cas.packindex import PackLocator
 
     one, _ = two_bundles
@@ -192,7 +192,7 @@ def test_download_locates_small_files_through_pack_indexes(
         locators.append(self)
 
     monkeypatch.setattr(PackLocator, "__init__", keep)
-    monkeypatch.setattr(download_mod, "BATCH_FILES", 1000)
+    monkeypatch.setattr(materialize_mod, "BATCH_FILES", 1000)
     with connect() as ctx:
         _download(ctx, one, tmp_path / "out")
     (loc,) = locators
@@ -205,10 +205,10 @@ def test_interrupted_download_keeps_digests_of_finished_directories(
     two_bundles: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import datamon.api.diff as diff_mod
-    import datamon.api.download as download_mod
+    import datamon.api.materialize as materialize_mod
 
     one, _ = two_bundles
-    monkeypatch.setattr(download_mod, "BATCH_FILES", PER_DIR)
+    monkeypatch.setattr(materialize_mod, "BATCH_FILES", PER_DIR)
 
     class Stop:
         calls = 0
