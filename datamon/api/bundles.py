@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TypeVar
 
 from datamon.errors import NotFound, UsageError
 
 if TYPE_CHECKING:
     from datamon.api.context import Context
+    from datamon.cas.objects import Location
     from datamon.cas.tree import TreeEntry
     from datamon.meta.records import BundleRecord
 
@@ -190,8 +190,7 @@ def resolve(ctx: Context, repo: str, *, bundle: str | None = None, label: str | 
     return rec
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One entry of a bundle with its path relative to the bundle root (``/``-separated)."""
 
     path: str
@@ -213,24 +212,78 @@ def split_path(path: str) -> list[str]:
     return parts
 
 
+def read_tree_once(ctx: Context, key: bytes) -> list[TreeEntry]:
+    """``ctx.cas.read_tree`` for a walk that reads each tree once (a download, a listing, a
+    diff): the same checks (indexed as a tree, bytes hash to the key, a valid tree), without
+    filling the object reader's caches, which would otherwise hold every tree of the bundle."""
+    from datamon.cas.objects import Location
+    from datamon.cas.pack import Kind
+    from datamon.cas.tree import decode_tree
+    from datamon.errors import CorruptObject, MissingObject
+
+    cas = ctx.cas
+    row = cas.index.lookup_objects([key]).get(key)
+    if row is None:
+        raise MissingObject(key.hex(), "not in the object index")
+    loc = Location.from_row(row)
+    if loc.kind != Kind.TREE:
+        raise CorruptObject(
+            key.hex(), f"pack {loc.pack}", f"indexed as kind {loc.kind} where kind {Kind.TREE} is needed"
+        )
+    raw = cas.reader.read_location(loc)
+    try:
+        return decode_tree(raw)
+    except ValueError as e:
+        raise CorruptObject(key.hex(), "tree", str(e)) from None
+
+
+def locate_once(ctx: Context, keys: Sequence[bytes]) -> dict[bytes, Location]:
+    """``ctx.cas.reader.locate`` without its cache of locations (which keeps 200,000)."""
+    from datamon.cas.objects import Location
+    from datamon.errors import MissingObject
+
+    rows = ctx.cas.index.lookup_objects(keys)
+    out = {}
+    for k in keys:
+        row = rows.get(k)
+        if row is None:
+            raise MissingObject(k.hex(), "not in the object index")
+        out[k] = Location.from_row(row)
+    return out
+
+
 def iter_entries(
     ctx: Context, b: BundleRecord, *, files_only: bool = False, name_filter: str | None = None
 ) -> Iterator[Entry]:
-    """Every entry of the bundle, depth-first in name order. Identical subtrees are read once."""
-    cas = ctx.cas
+    """Every entry of the bundle, depth-first in name order. Streams: one tree object is
+    decoded at a time (``read_tree_once``), when the walk reaches it, so the first entries
+    come before the rest of the bundle is read and memory follows the depth, not the size."""
+    return iter_tree_entries(ctx, bytes.fromhex(b.tree), files_only=files_only, name_filter=name_filter)
+
+
+def iter_tree_entries(
+    ctx: Context, root: bytes, *, files_only: bool = False, name_filter: str | None = None
+) -> Iterator[Entry]:
+    """``iter_entries`` of the tree ``root``."""
+    from datamon.cas.tree import EntryKind
+
     pattern = re.compile(name_filter) if name_filter else None
-
-    def walk(tree_key: bytes, prefix: str) -> Step[Entry]:
-        for e in cas.read_tree(tree_key):
-            path = f"{prefix}{e.name}"
-            if e.is_dir:
-                if not files_only and (pattern is None or pattern.search(path)):
+    search = pattern.search if pattern is not None else None
+    DIR = EntryKind.DIR
+    stack: list[tuple[str, Iterator[TreeEntry]]] = [("", iter(read_tree_once(ctx, root)))]
+    while stack:
+        prefix, it = stack[-1]
+        for e in it:
+            path = prefix + e.name
+            if e.kind == DIR:
+                if not files_only and (search is None or search(path)):
                     yield Entry(path, e)
-                yield Descend(walk(e.key, path + "/"))
-            elif pattern is None or pattern.search(path):
+                stack.append((path + "/", iter(read_tree_once(ctx, e.key))))
+                break
+            if search is None or search(path):
                 yield Entry(path, e)
-
-    yield from flatten(walk(bytes.fromhex(b.tree), ""))
+        else:
+            stack.pop()
 
 
 def lookup(ctx: Context, b: BundleRecord, path: str) -> TreeEntry:

@@ -17,12 +17,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from datamon.api.bundles import Descend, Entry, Step, flatten, resolve
+from datamon.api.bundles import Descend, Entry, Step, flatten, read_tree_once, resolve
 from datamon.api.statcache import StatCache, stat_key
 
 if TYPE_CHECKING:
     from datamon.api.context import Context
     from datamon.cas.tree import TreeEntry
+    from datamon.meta.records import BundleRecord
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -60,23 +63,30 @@ def _same(a: TreeEntry, b: TreeEntry) -> bool:
 def _children(ctx: Context, e: TreeEntry | None) -> dict[str, TreeEntry]:
     if e is None or not e.is_dir:
         return {}
-    return {c.name: c for c in ctx.cas.read_tree(e.key)}
+    return {c.name: c for c in read_tree_once(ctx, e.key)}
 
 
-def _leaves(ctx: Context, e: TreeEntry, path: str) -> Iterator[tuple[str, TreeEntry]]:
-    """Files, symlinks and empty directories at or under ``e`` (depth-first, name order)."""
-    return flatten(_leaves_step(ctx, e, path))
+def _leaves(
+    ctx: Context, e: TreeEntry, path: str, dirs: list[tuple[str, bytes]] | None = None
+) -> Iterator[tuple[str, TreeEntry]]:
+    """Files, symlinks and empty directories at or under ``e`` (depth-first, name order);
+    with ``dirs``, every directory's (path, tree key) is appended to it as it is walked."""
+    return flatten(_leaves_step(ctx, e, path, dirs))
 
 
-def _leaves_step(ctx: Context, e: TreeEntry, path: str) -> Step[tuple[str, TreeEntry]]:
+def _leaves_step(
+    ctx: Context, e: TreeEntry, path: str, dirs: list[tuple[str, bytes]] | None = None
+) -> Step[tuple[str, TreeEntry]]:
     if not e.is_dir:
         yield path, e
         return
+    if dirs is not None:
+        dirs.append((path, e.key))
     kids = _children(ctx, e)
     if not kids:
         yield path + "/", e
     for name, c in sorted(kids.items()):
-        yield Descend(_leaves_step(ctx, c, f"{path}/{name}"))
+        yield Descend(_leaves_step(ctx, c, f"{path}/{name}", dirs))
 
 
 def diff_entries(
@@ -140,23 +150,83 @@ def _ref(ctx: Context, repo: str, ref: str):  # type: ignore[no-untyped-def]
 
 
 class _LocalView:
-    """A local directory seen as tree entries; file keys computed only when needed."""
+    """A local directory seen as tree entries; file keys computed only when needed.
+
+    Directories are compared with the bundle one at a time: the directory digest recorded by
+    the download (``api/downloads.py``) is checked first, and only a directory that does not
+    match it is compared entry by entry, with the stat cache's keys of that directory."""
 
     def __init__(self, ctx: Context, root: str) -> None:
+        from datamon.api.downloads import Registry
+
         self.root = root
         self.cache = StatCache(ctx.state_dir)
-        self.known = self.cache.lookup_under(root)
+        self.registry = Registry(ctx.state_dir)
+        self._known: dict[str, dict[str, tuple[tuple[int, int, int, int], bytes]]] = {}
         self.learned: list[tuple[str, tuple[int, int, int, int], bytes]] = []
+        self.touched: list[tuple[str, bytes]] = []  # (directory, tree) compared or changed here
+        self.fast_dirs = 0  # directories whose digest matched (statistics, tests)
+        self.slow_dirs = 0
+
+    def path(self, rel: str) -> str:
+        return os.path.join(self.root, rel) if rel else self.root
 
     def entries(self, rel: str) -> dict[str, tuple[os.DirEntry[str], os.stat_result]]:
-        path = os.path.join(self.root, rel) if rel else self.root
         out = {}
         try:
-            for e in os.scandir(path):
+            for e in os.scandir(self.path(rel)):
                 out[e.name] = (e, e.stat(follow_symlinks=False))
         except (FileNotFoundError, NotADirectoryError):
             pass
         return out
+
+    def digest(self, rel: str) -> tuple[bytes, bool] | None:
+        """(digest of directory ``rel`` as ``dir_digest`` defines it, whether it has
+        subdirectories); None if it cannot be listed. One ``lstat`` per file, none per
+        subdirectory (the entry's type from the directory listing)."""
+        from datamon.api.downloads import DIR_ITEM, LINK_ITEM, OTHER_ITEM, dir_digest
+
+        items: list[tuple[str, int, int, int, int]] = []
+        add = items.append
+        subdirs = False
+        try:
+            # listed through an fd: each entry's lstat is then relative to it (``fstatat``),
+            # a sixth cheaper than resolving the whole path again for every file
+            fd = os.open(self.path(rel), _DIR_FLAGS)
+        except OSError:
+            return None
+        try:
+            with os.scandir(fd) as it:
+                for de in it:
+                    if de.is_file(follow_symlinks=False):
+                        st = de.stat(follow_symlinks=False)
+                        add((de.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+                    elif de.is_dir(follow_symlinks=False):
+                        add((de.name, DIR_ITEM, 0, 0, 0))
+                        subdirs = True
+                    elif de.is_symlink():
+                        add((f"{de.name}\0{os.readlink(de.name, dir_fd=fd)}", LINK_ITEM, 0, 0, 0))
+                    else:
+                        add((de.name, OTHER_ITEM, 0, 0, 0))
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return dir_digest(items), subdirs
+
+    def recorded(self, rel: str) -> tuple[bytes, bytes] | None:
+        return self.registry.get_dir(self.root, rel)
+
+    def _known_in(self, directory: str) -> dict[str, tuple[tuple[int, int, int, int], bytes]]:
+        """The stat cache's entries of the files directly in ``directory`` (a few kept)."""
+        got = self._known.get(directory)
+        if got is None:
+            if len(self._known) >= 8:
+                self._known.pop(next(iter(self._known)))
+            prefix = directory.rstrip("/") + "/"
+            got = {p: v for p, v in self.cache.lookup_under(directory).items() if "/" not in p[len(prefix) :]}
+            self._known[directory] = got
+        return got
 
     def file_key(self, path: str, st: os.stat_result) -> bytes:
         from datamon.cas.hashing import EMPTY_KEY, Hasher
@@ -164,7 +234,7 @@ class _LocalView:
         if st.st_size == 0:
             return EMPTY_KEY
         sk = stat_key(st)
-        hit = self.known.get(path)
+        hit = self._known_in(os.path.dirname(path)).get(path)
         if hit is not None and hit[0] == sk:
             return hit[1]
         h = Hasher()
@@ -175,9 +245,20 @@ class _LocalView:
         self.learned.append((path, sk, key))
         return key
 
+    def record_touched(self) -> None:
+        """After an update: record the digest of every directory compared or changed, as the
+        bundle's tree there (the directory now holds exactly that)."""
+        rows = []
+        for rel, tree in self.touched:
+            got = self.digest(rel)
+            if got is not None:
+                rows.append((rel, tree, got[0]))
+        self.registry.put_dirs(self.root, rows)
+
     def close(self) -> None:
         self.cache.store(self.learned)
         self.cache.close()
+        self.registry.close()
 
 
 def _local_entry(
@@ -200,11 +281,72 @@ def _local_entry(
     return TreeEntry(de.name, EntryKind.FILE, mode, st.st_mtime_ns, st.st_size, key)
 
 
-def _diff_local(ctx: Context, view: _LocalView, rel: str, tree: TreeEntry | None) -> Iterator[Change]:
-    return flatten(_diff_local_step(ctx, view, rel, tree))
+def _diff_local(ctx: Context, view: _LocalView, rel: str, tree: TreeEntry) -> Iterator[Change]:
+    return flatten(_diff_dir_step(ctx, view, rel, tree))
 
 
-def _diff_local_step(ctx: Context, view: _LocalView, rel: str, tree: TreeEntry | None) -> Step[Change]:
+def _diff_dir_step(ctx: Context, view: _LocalView, rel: str, tree: TreeEntry) -> Step[Change]:
+    """Changes turning local directory ``rel`` into directory entry ``tree``: through the
+    recorded digest when it matches (no file compared), else entry by entry."""
+    from datamon.errors import DatamonError
+
+    rec = view.recorded(rel)
+    got = view.digest(rel) if rec is not None else None
+    if got is not None and rec is not None and rec[1] == got[0]:
+        old_key, has_subdirs = rec[0], got[1]
+        if old_key == tree.key:  # exactly the bundle's tree at this level
+            view.fast_dirs += 1
+            if has_subdirs:
+                for e in read_tree_once(ctx, tree.key):
+                    if e.is_dir:
+                        sub = f"{rel}/{e.name}" if rel else e.name
+                        yield Descend(_diff_dir_step(ctx, view, sub, e))
+            return
+        try:
+            old = {e.name: e for e in read_tree_once(ctx, old_key)}
+        except DatamonError:
+            old = None  # the recorded tree is gone (gc): compare entry by entry
+        if old is not None:
+            view.fast_dirs += 1
+            view.touched.append((rel, tree.key))
+            yield Descend(_diff_known_step(ctx, view, rel, old, tree))
+            return
+    view.slow_dirs += 1
+    view.touched.append((rel, tree.key))
+    yield Descend(_diff_local_step(ctx, view, rel, tree))
+
+
+def _diff_known_step(
+    ctx: Context, view: _LocalView, rel: str, old: dict[str, TreeEntry], tree: TreeEntry
+) -> Step[Change]:
+    """Directory ``rel`` holds exactly tree ``old`` at this level (its digest says so): its
+    changes are those from ``old`` to ``tree`` there; subdirectories are compared in turn."""
+    new = _children(ctx, tree)
+    for name in sorted(set(old) | set(new)):
+        sub = f"{rel}/{name}" if rel else name
+        have, want = old.get(name), new.get(name)
+        if have is not None and want is not None and have.is_dir and want.is_dir:
+            yield Descend(_diff_dir_step(ctx, view, sub, want))
+            continue
+        if have is not None and want is not None and not have.is_dir and not want.is_dir:
+            if not _same(have, want):
+                yield Change("U", sub, have, want)
+            continue
+        if have is not None:
+            if have.is_dir:
+                leaves = list(_local_leaves(view, sub))
+                for p, e in leaves:
+                    yield Change("D", p, e, None)
+                if leaves and leaves[-1][0] != sub + "/":
+                    yield Change("D", sub + "/", have, None)
+            else:
+                yield Change("D", sub, have, None)
+        if want is not None:
+            for p, e in _leaves(ctx, want, sub, view.touched):
+                yield Change("A", p, None, e)
+
+
+def _diff_local_step(ctx: Context, view: _LocalView, rel: str, tree: TreeEntry) -> Step[Change]:
     local = view.entries(rel)
     bundle = _children(ctx, tree)
     for name in sorted(set(local) | set(bundle)):
@@ -217,7 +359,7 @@ def _diff_local_step(ctx: Context, view: _LocalView, rel: str, tree: TreeEntry |
                 continue
             have = _local_entry(view, de, st, want)
         if have is not None and have.is_dir and want is not None and want.is_dir:
-            yield Descend(_diff_local_step(ctx, view, sub, want))
+            yield Descend(_diff_dir_step(ctx, view, sub, want))
             continue
         if have is not None and want is not None and not have.is_dir and not want.is_dir:
             if not _same(have, want):
@@ -233,7 +375,7 @@ def _diff_local_step(ctx: Context, view: _LocalView, rel: str, tree: TreeEntry |
             else:
                 yield Change("D", sub, have, None)
         if want is not None:
-            for p, e in _leaves(ctx, want, sub):
+            for p, e in _leaves(ctx, want, sub, view.touched):
                 yield Change("A", p, None, e)
 
 
@@ -265,6 +407,21 @@ def diff_destination(
     label: str | None = None,
 ) -> list[Change]:
     """Changes that would turn directory ``destination`` into the bundle."""
+    b, view = _open_destination(ctx, repo, destination, bundle=bundle, label=label)
+    try:
+        return list(_diff_local(ctx, view, "", _root(b.tree, b.created_ns)))
+    finally:
+        view.close()
+
+
+def _open_destination(
+    ctx: Context,
+    repo: str,
+    destination: str | os.PathLike[str],
+    *,
+    bundle: str | None = None,
+    label: str | None = None,
+) -> tuple[BundleRecord, _LocalView]:
     from datamon.errors import UsageError
 
     dest = os.path.abspath(os.fspath(destination))
@@ -273,11 +430,7 @@ def diff_destination(
             f"destination {destination!r} is not a directory", "give the directory of a download"
         )
     b = resolve(ctx, repo, bundle=bundle, label=label)
-    view = _LocalView(ctx, dest)
-    try:
-        return list(_diff_local(ctx, view, "", _root(b.tree, b.created_ns)))
-    finally:
-        view.close()
+    return b, _LocalView(ctx, dest)
 
 
 @dataclass
@@ -305,8 +458,8 @@ def update(
     directory fds and never follow a symlink.
     """
     from datamon.api import localfs
-    from datamon.api.download import materialize
     from datamon.api.downloads import Registry, registered
+    from datamon.api.materialize import materialize
     from datamon.errors import UsageError
 
     t0 = time.perf_counter()
@@ -323,7 +476,12 @@ def update(
             f"refusing to update {dest!r}: {why}, and update deletes every file that is not in the bundle",
             "download into a new directory, or pass --force-dest to update it anyway",
         )
-    changes = diff_destination(ctx, repo, dest, bundle=b.id)
+    _, view = _open_destination(ctx, repo, dest, bundle=b.id)
+    try:
+        changes = list(_diff_local(ctx, view, "", _root(b.tree, b.created_ns)))
+    except BaseException:
+        view.close()
+        raise
     reg = Registry(ctx.state_dir)
     try:
         # registered before the first change: an interrupted update is finished by rerunning it
@@ -348,7 +506,9 @@ def update(
             os.close(root)
         todo = [Entry(c.path.rstrip("/"), c.new) for c in changes if c.op in ("A", "U") and c.new is not None]
         materialize(ctx, dest, todo, progress=progress, concurrency=concurrency)  # type: ignore[arg-type]
+        view.record_touched()
         reg.put(dest, repo=repo, bundle=b.id, name_filter=None, complete=True, adopted=False)
     finally:
         reg.close()
+        view.close()
     return UpdateResult(changes, time.perf_counter() - t0)

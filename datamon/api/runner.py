@@ -131,7 +131,7 @@ def _download(ctx: Context, link: RunLink, path: str, *, row_gone: bool = False)
         download(ctx, link.repo, path, bundle=link.bundle)
         return
     from datamon.api.bundles import iter_entries
-    from datamon.api.download import materialize
+    from datamon.api.materialize import materialize
     from datamon.meta.records import BundleRecord
 
     shape = BundleRecord(link.bundle, link.repo, link.tree, (), "", "", "", 0, 0, 0, b"")

@@ -24,7 +24,6 @@ Nothing here recurses on depth.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -174,9 +173,7 @@ def merge_trees(cas: ContentStore, splits: Sequence[SplitTree], mode: str = FAIL
                 contents = {_content(e) for _, _, e in vs}
                 if len(contents) == 1:
                     if latest.is_dir:
-                        node.children[name] = dataclasses.replace(
-                            latest, mtime_ns=max(e.mtime_ns for _, _, e in vs)
-                        )
+                        node.children[name] = latest._replace(mtime_ns=max(e.mtime_ns for _, _, e in vs))
                         merged_away_trees[latest.key] = merged_away_trees.get(latest.key, 0) + len(vs) - 1
                     else:
                         node.children[name] = latest
@@ -213,9 +210,7 @@ def merge_trees(cas: ContentStore, splits: Sequence[SplitTree], mode: str = FAIL
                     if latest.is_file:
                         merged_away_files += len(winners) - 1
                 elif len({e.key for _, _, e in winners}) == 1:
-                    node.children[name] = dataclasses.replace(
-                        latest, mtime_ns=max(e.mtime_ns for _, _, e in winners)
-                    )
+                    node.children[name] = latest._replace(mtime_ns=max(e.mtime_ns for _, _, e in winners))
                     merged_away_trees[latest.key] = merged_away_trees.get(latest.key, 0) + len(winners) - 1
                 else:
                     child = _Node(path, [(seq, split, e.key) for seq, split, e in winners])
@@ -233,11 +228,11 @@ def merge_trees(cas: ContentStore, splits: Sequence[SplitTree], mode: str = FAIL
         entries: list[TreeEntry] = []
         total = 0
         for name, c in node.children.items():
-            if isinstance(c, tuple):
+            if isinstance(c, TreeEntry):
+                e = c
+            else:  # (a TreeEntry is a tuple too: test it first)
                 child, mode_bits, mtime = c
                 e = TreeEntry(name, EntryKind.DIR, mode_bits, mtime, child.size, child.key)
-            else:
-                e = c
             if not e.is_symlink:
                 total += e.size
             entries.append(e)

@@ -29,8 +29,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import zstandard
 
@@ -67,8 +66,10 @@ class ObjectIndex(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(NamedTuple):
+    """Where one object is stored. A named tuple: a download locates every file of a bundle,
+    and building a frozen dataclass cost more than the index lookup itself."""
+
     key: bytes
     pack: str
     offset: int
@@ -79,7 +80,7 @@ class Location:
 
     @classmethod
     def from_row(cls, row: IndexRow) -> Location:
-        return cls(*row)
+        return cls._make(row)  # (checks that there are seven fields)
 
 
 _local = threading.local()

@@ -264,21 +264,45 @@ def bundle_list_files(
       datamon bundle list files --repo mnist --bundle 3fa2c1 --json
     """
     from datamon.api.bundles import iter_entries, resolve
-    from datamon.cli.render import iso
+    from datamon.cli.render import iso_cached, safe
 
     dm = open_context()
     b = resolve(dm, repo, bundle=bundle, label=label)
+    entries = iter_entries(dm, b, files_only=True, name_filter=name_filter)
+    if not as_json and not fmt:
+        # Human text, streamed: a line per file as its directory is decoded, no row dicts.
+        out = sys.stdout
+        lines: list[str] = []
+        batch = 64  # the first lines go out at once, then in blocks
+        for path, e in entries:
+            if not path.isprintable():
+                path = safe(path)
+            if e.target:
+                lines.append(f"{path}\t{e.size}\t-> {safe(e.target)}")
+            else:
+                lines.append(f"{path}\t{e.size}")
+            if len(lines) >= batch:
+                lines.append("")
+                out.write("\n".join(lines))
+                if batch == 64:
+                    out.flush()
+                lines, batch = [], 4096
+        if lines:
+            lines.append("")
+            out.write("\n".join(lines))
+        out.flush()
+        return
     rows = (
         {
-            "path": e.path,
-            "kind": e.entry.kind.name.lower(),
-            "size": e.entry.size,
-            "mode": f"{e.entry.mode:o}",
-            "mtime": iso(e.entry.mtime_ns),
-            "key": e.entry.key.hex() if e.entry.is_file else "",
-            "target": e.entry.target,
+            "path": path,
+            "kind": e.kind.name.lower(),
+            "size": e.size,
+            "mode": f"{e.mode:o}",
+            "mtime": iso_cached(e.mtime_ns),
+            "key": e.key.hex() if e.is_file else "",
+            "target": e.target,
         }
-        for e in iter_entries(dm, b, files_only=True, name_filter=name_filter)
+        for path, e in entries
     )
     emit(
         rows,

@@ -16,6 +16,22 @@ def iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_ISO: dict[int, str] = {}
+
+
+def iso_cached(ns: int) -> str:
+    """``iso`` for listings of many entries, most of them written in the same few seconds."""
+    sec, frac = divmod(ns, 1_000_000_000)
+    if not 10_000 <= frac <= 999_990_000:
+        return iso(ns)  # near a second's edge ``iso`` may round up: no shortcut
+    text = _ISO.get(sec)
+    if text is None:
+        if len(_ISO) >= 4096:
+            _ISO.clear()
+        text = _ISO[sec] = iso(ns)
+    return text
+
+
 def human_size(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

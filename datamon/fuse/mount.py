@@ -143,6 +143,19 @@ class _Ops:
         entries = self.view.readdir(path)
         return [".", "..", *((d.name, {"st_mode": d.mode, "st_ino": d.ino}, 0) for d in entries)]
 
+    def readdir_raw(self, path: str) -> tuple[list[bytes], list[int], list[int]]:
+        """Encoded names, modes and inode numbers of a directory (``_FUSE`` fills libfuse's
+        buffer from them directly)."""
+        raw = getattr(self.view, "readdir_raw", None)
+        if raw is not None:
+            return raw(path)
+        entries = self.view.readdir(path)
+        return (
+            [d.name.encode("utf-8", "surrogateescape") for d in entries],
+            [d.mode for d in entries],
+            [d.ino for d in entries],
+        )
+
     def readlink(self, path: str) -> str:
         return self.view.readlink(path)
 
@@ -256,6 +269,13 @@ def _tune_when_mounted(mnt: str, deadline: float) -> None:
         log.debug("cannot raise read-ahead on %s: %s", mnt, e)
 
 
+# libfuse's fuse_fill_dir_t (3: with flags), every argument a plain integer or bytes
+_FILL_3 = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+)
+_FILL_2 = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int64)
+
+
 def _address(data: bytes) -> int:
     """Where the bytes of ``data`` are (valid while ``data`` is alive)."""
     return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
@@ -279,6 +299,45 @@ def _fuse_class(fuse: ModuleType) -> Any:
                 ctypes.memmove(dest + pos, _address(data) + start, n)
                 pos += n
             return pos
+
+        if hasattr(fuse.FUSE, "readdir_fuse_3") and hasattr(fuse, "c_stat"):
+            # A directory straight into libfuse's buffer: one reused struct stat, no per-entry
+            # tuples or dicts (the stock path builds both, then copies field by field), and the
+            # filler called through a prototype of plain integers (cheaper argument conversion).
+
+            def readdir_fuse_3(
+                self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
+            ) -> int:
+                return self._fill_dir(path, buf, ctypes.cast(filler, _FILL_3), _FILL_3)
+
+            def readdir_fuse_2(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any) -> int:
+                return self._fill_dir(path, buf, ctypes.cast(filler, _FILL_2), _FILL_2)
+
+            def _fill_dir(self, path: bytes | None, buf: Any, fill: Any, proto: Any) -> int:
+                decoded = "/" if path is None else path.decode(self.encoding, self.errors)
+                names, modes, inos = self.operations.readdir_raw(decoded)
+                st = fuse.c_stat()
+                pst = ctypes.addressof(st)
+                st.st_mode = stat.S_IFDIR | 0o755
+                if proto is _FILL_3:
+                    for dot in (b".", b".."):
+                        if fill(buf, dot, pst, 0, 0):
+                            return 0
+                    for name, mode, ino in zip(names, modes, inos, strict=True):
+                        st.st_mode = mode
+                        st.st_ino = ino
+                        if fill(buf, name, pst, 0, 0):
+                            break
+                else:
+                    for dot in (b".", b".."):
+                        if fill(buf, dot, pst, 0):
+                            return 0
+                    for name, mode, ino in zip(names, modes, inos, strict=True):
+                        st.st_mode = mode
+                        st.st_ino = ino
+                        if fill(buf, name, pst, 0):
+                            break
+                return 0
 
         if hasattr(fuse.FUSE, "rename_fuse_3"):
 

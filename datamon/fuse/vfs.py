@@ -29,7 +29,7 @@ import stat
 import threading
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,7 +38,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, NamedTuple
 
 from datamon.cas.store import WholeFileCheck
-from datamon.cas.tree import EntryKind, TreeEntry
+from datamon.cas.tree import EntryKind, TreeColumns, TreeEntry, scan_tree
 from datamon.errors import CorruptObject, DatamonError
 from datamon.fuse import DEFAULT_PREFETCH
 
@@ -169,20 +169,68 @@ def root_entry(b: BundleRecord) -> TreeEntry:
     return TreeEntry("", EntryKind.DIR, 0o755, b.created_ns, b.total_size, bytes.fromhex(b.tree))
 
 
+class DirTree(Mapping[str, TreeEntry]):
+    """A checked tree object as a read-only mapping name → entry, kept as columns
+    (``scan_tree``): an entry is decoded when it is looked up, and names are decoded and
+    indexed on the first lookup, so a directory that is only listed (what ``find`` does to
+    the files of a million-file bundle) costs no object per entry."""
+
+    __slots__ = ("_index", "cols")
+
+    def __init__(self, cols: TreeColumns) -> None:
+        self.cols = cols
+        self._index: dict[str, int] | None = None
+
+    def _idx(self) -> dict[str, int]:
+        index = self._index
+        if index is None:
+            index = self._index = {
+                n.decode("utf-8", "surrogateescape"): i for i, n in enumerate(self.cols.names)
+            }
+        return index
+
+    def __getitem__(self, name: str) -> TreeEntry:
+        return self.cols.entry(self._idx()[name])
+
+    def get(self, name: str, default: TreeEntry | None = None) -> TreeEntry | None:  # type: ignore[override]
+        i = self._idx().get(name)
+        return default if i is None else self.cols.entry(i)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._idx()
+
+    def __iter__(self) -> Iterator[str]:
+        return (n.decode("utf-8", "surrogateescape") for n in self.cols.names)
+
+    def __len__(self) -> int:
+        return len(self.cols.names)
+
+    def items(self) -> list[tuple[str, TreeEntry]]:  # type: ignore[override]
+        entry = self.cols.entry
+        return [(e.name, e) for e in map(entry, range(len(self.cols.names)))]
+
+    def values(self) -> list[TreeEntry]:  # type: ignore[override]
+        return list(map(self.cols.entry, range(len(self.cols.names))))
+
+    def st_modes(self) -> list[int]:
+        """``st_mode`` of every entry, in order."""
+        return list(map(_mode, self.cols.kinds, self.cols.modes))
+
+
 class TreeCache:
-    """Decoded tree objects by key, least recently used dropped first; bounded by the total
-    number of entries held (one huge directory still fits: the newest tree is always kept).
-    Thread-safe."""
+    """Checked tree objects by key (``DirTree``), least recently used dropped first; bounded
+    by the total number of entries held (one huge directory still fits: the newest tree is
+    always kept). Thread-safe."""
 
     def __init__(self, cas: ContentStore, max_entries: int = DEFAULT_TREE_CACHE_ENTRIES) -> None:
         self._cas = cas
         self.max_entries = max_entries
-        self._trees: OrderedDict[bytes, dict[str, TreeEntry]] = OrderedDict()
+        self._trees: OrderedDict[bytes, DirTree] = OrderedDict()
         self._entries = 0
         self._lock = threading.Lock()
         self.loads = 0  # tree objects read from the store (for tests and statistics)
 
-    def get(self, key: bytes) -> dict[str, TreeEntry]:
+    def get(self, key: bytes) -> DirTree:
         """Entries of tree ``key`` by name, in stored (sorted) order. Raises ``OSError(EIO)``
         when the tree object is missing or corrupt."""
         with self._lock:
@@ -191,11 +239,15 @@ class TreeCache:
                 self._trees.move_to_end(key)
                 return tree
         try:
-            entries = self._cas.read_tree(key)
+            raw = self._cas.reader.get_tree(key)
+            try:
+                cols = scan_tree(raw)
+            except ValueError as e:
+                raise CorruptObject(key.hex(), "tree", str(e)) from None
         except DatamonError as e:
             log.error("cannot read directory (tree %s): %s", key.hex(), e)
             raise oserror(errno.EIO) from e
-        tree = {e.name: e for e in entries}
+        tree = DirTree(cols)
         with self._lock:
             self.loads += 1
             if key not in self._trees:
@@ -437,6 +489,22 @@ class BundleView:
             Dirent(name, _mode(child.kind, child.mode), ino)
             for (name, child), ino in zip(tree.items(), child_inos(path, tree), strict=True)
         ]
+
+    def readdir_raw(self, path: str) -> tuple[list[bytes], list[int], list[int]]:
+        """``readdir`` as columns — encoded names, ``st_mode``, ``st_ino`` — for the FUSE
+        adapter, which hands them to libfuse as they are (a million entries for a ``find``:
+        no per-entry Python objects beyond these)."""
+        e = self.lookup(path)
+        if not e.is_dir:
+            raise oserror(errno.ENOTDIR, path)
+        tree = self.trees.get(e.key)
+        base = "/".join(split(path))
+        prefix = (base + "/").encode("utf-8", "surrogateescape") if base else b""
+        names = tree.cols.names
+        modes = tree.st_modes()
+        frombytes = int.from_bytes
+        inos = [(frombytes(blake2b(prefix + n, digest_size=8).digest(), "little") >> 2) + 2 for n in names]
+        return names, modes, inos
 
     def readlink(self, path: str) -> str:
         e = self.lookup(path)

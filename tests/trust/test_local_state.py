@@ -55,9 +55,9 @@ class EditMidway:
 def test_edit_during_download_is_seen_by_diff_and_upload(
     dm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    import datamon.api.download as download_mod
+    import datamon.api.materialize as materialize_mod
 
-    monkeypatch.setattr(download_mod, "BATCH_FILES", 2)
+    monkeypatch.setattr(materialize_mod, "BATCH_FILES", 2)
     src = make_tree(tmp_path / "src", {f"f{i}.txt": f"original {i}" for i in range(6)})
     assert dm("repo", "create", "--repo", "r").code == 0
     upload(dm, src, "v1")
@@ -127,9 +127,9 @@ class Interrupt:
 def test_interrupted_download_resumes_and_can_be_updated(
     dm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    import datamon.api.download as download_mod
+    import datamon.api.materialize as materialize_mod
 
-    monkeypatch.setattr(download_mod, "BATCH_FILES", 2)
+    monkeypatch.setattr(materialize_mod, "BATCH_FILES", 2)
     src = make_tree(tmp_path / "src", {"d": {f"f{i}.txt": f"{i}" * 100 for i in range(8)}, "top.txt": "t"})
     assert dm("repo", "create", "--repo", "r").code == 0
     upload(dm, src, "v1")
