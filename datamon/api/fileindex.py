@@ -170,9 +170,15 @@ def _file_row(e: TreeEntry, attrs: str | None) -> IndexFile:
     return (_text(e.name), int(e.kind), e.size, e.key, e.mode, e.mtime_ns, attrs)
 
 
-def build(ctx: Context, tree: str, rows: Mapping[str, Mapping[str, Any]]) -> bytes:
+def build(
+    ctx: Context,
+    tree: str,
+    rows: Mapping[str, Mapping[str, Any]],
+    trees: Mapping[bytes, list[TreeEntry]] | None = None,
+) -> bytes:
     """Index the tree ``tree`` (hex) with attribute ``rows``; returns the root node id. Directories
-    already indexed with the same attributes are not read."""
+    already indexed with the same attributes are not read. ``trees`` (key -> entries in tree
+    order) are trees the caller just encoded itself: they are not read back from the store."""
     trie = _attr_trie(rows) if rows else _EMPTY_ATTRS
     root_tree = bytes.fromhex(tree)
     root = dir_node(root_tree, trie.digest if rows else _ZERO)
@@ -192,7 +198,8 @@ def build(ctx: Context, tree: str, rows: Mapping[str, Mapping[str, Any]]) -> byt
             _emit_dir(w, node_id, items)
             emitted.add(node_id)
             continue
-        entries = cas.read_tree(tkey)
+        known = trees.get(tkey) if trees is not None else None
+        entries = known if known is not None else cas.read_tree(tkey)
         items = []
         children: list[tuple[bytes, bytes, _AttrDir | None]] = []
         for e in entries:
@@ -214,11 +221,19 @@ def build(ctx: Context, tree: str, rows: Mapping[str, Mapping[str, Any]]) -> byt
     return root
 
 
-def index_bundle(ctx: Context, b: BundleRecord) -> bytes:
-    """Index bundle ``b`` (its tree and attributes) and record its root node."""
+def index_bundle(
+    ctx: Context,
+    b: BundleRecord,
+    *,
+    rows: Mapping[str, Mapping[str, Any]] | None = None,
+    trees: Mapping[bytes, list[TreeEntry]] | None = None,
+) -> bytes:
+    """Index bundle ``b`` (its tree and attributes) and record its root node. ``rows`` are its
+    attribute rows when the caller has them (they are the rows of ``b.attrs``: the object is then
+    not read back); ``trees`` as for ``build``."""
     from datamon.api.attributes import bundle_attrs
 
-    node = build(ctx, b.tree, bundle_attrs(ctx, b))
+    node = build(ctx, b.tree, bundle_attrs(ctx, b) if rows is None else rows, trees)
     ctx.meta.set_bundle_index(b.id, node)
     return node
 
