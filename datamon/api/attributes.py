@@ -49,9 +49,12 @@ def _shown(v: object) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
+_ENCODER: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical(obj: object) -> str:
     """Compact JSON, sorted keys, no ASCII escaping: the form every stored JSON of this module has."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(obj)  # one encoder for all: json.dumps with options builds one per call
 
 
 # --- schemas ---------------------------------------------------------------------------------------
@@ -306,6 +309,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)  # json.loads with options builds one per call
+
+
 # --- reading attribute files -------------------------------------------------------------------
 
 
@@ -380,7 +386,7 @@ def _jsonl_records(path: str) -> Iterator[Any]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line, parse_constant=_no_constant)
+                yield _DECODER.decode(line)
             except (ValueError, RecursionError) as e:
                 raise UsageError(f"{path} line {n} is not JSON: {str(e)[:80]}") from None
 
@@ -469,7 +475,7 @@ def decode_attrs(raw: bytes, key: str = "") -> dict[str, Row]:
     last = b""
     for n, line in enumerate(text.split("\n")[:-1], 1):
         try:
-            d = json.loads(line, parse_constant=_no_constant)
+            d = _DECODER.decode(line)
         except (ValueError, RecursionError):
             raise bad(f"line {n} is not JSON") from None
         if not isinstance(d, dict) or not isinstance(d.get("path"), str) or len(d) < 2:
@@ -609,6 +615,7 @@ class Extras:
     schema: Schema | None
     parent: BundleRecord | None = None
     parent_rows: dict[str, Row] = field(default_factory=dict)
+    final_rows: dict[str, Row] = field(default_factory=dict)  # the bundle's rows, once ``finish`` ran
 
     def check_paths(self, paths: Iterable[str]) -> None:
         """Refuse rows for paths that are not files of the upload (exit 1, naming the first few),
@@ -646,6 +653,7 @@ class Extras:
                     check_row(p, rows[p], self.schema)
         if self.rows:
             rows.update(self.rows)
+        self.final_rows = rows
         return self.meta, store_attrs(ctx, rows) if rows else None
 
 
