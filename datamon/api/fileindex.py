@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from datamon.meta.records import BundleRecord, IndexFile, IndexLink, IndexNode
 
 PAGE_MAX: Final = 256  # entries a node holds before it is cut into pages
-PAGE_BITS: Final = 63  # boundary after an entry whose CRC & PAGE_BITS == 0: pages of ~64 entries
+PAGE_BITS: Final = 31  # boundary after an entry whose CRC & PAGE_BITS == 0: pages of ~32 entries
 PAGE_HARD: Final = 1024  # a page never holds more than this many entries
 FLUSH_ROWS: Final = 50_000  # rows buffered before a batch of finished nodes is written
 _ZERO: Final = bytes(32)
