@@ -449,9 +449,33 @@ def _path_order(p: str) -> bytes:
 def encode_attrs(rows: Mapping[str, Row]) -> bytes:
     """The canonical attributes object: one line per path with a non-empty row, in path byte order,
     each ``{"path": ..., column: value, ...}`` in compact sorted JSON, ending in a newline."""
+    return encode_attrs_json(rows)[0]
+
+
+def encode_attrs_json(rows: Mapping[str, Row]) -> tuple[bytes, dict[str, str]]:
+    """``encode_attrs`` and each path's row as ``canonical`` JSON without its path (what the file
+    index stores), from one encoding of each row."""
     paths = sorted((p for p in rows if rows[p]), key=_path_order)
-    lines = [canonical({**rows[p], "path": p}) + "\n" for p in paths]
-    return "".join(lines).encode("utf-8")
+    lines: list[str] = []
+    by_path: dict[str, str] = {}
+    enc = _ENCODER.encode
+    for p in paths:
+        line = enc({**rows[p], "path": p})
+        lines.append(line)
+        by_path[p] = _without_path(line, p)
+    lines.append("")
+    return "\n".join(lines).encode("utf-8"), by_path
+
+
+def _without_path(line: str, path: str) -> str:
+    """``line`` (canonical JSON of a row with ``path``, and at least one other column) without its
+    path member. In compact JSON a comma followed by an unescaped quote only ever starts a member
+    (quotes inside strings are escaped), so the first ``,"path":`` is the member."""
+    member = '"path":' + _ENCODER.encode(path)
+    if line.startswith("{" + member + ","):
+        return "{" + line[len(member) + 2 :]
+    i = line.index("," + member)
+    return line[:i] + line[i + len(member) + 1 :]
 
 
 def decode_attrs(raw: bytes, key: str = "") -> dict[str, Row]:
@@ -497,14 +521,16 @@ def decode_attrs(raw: bytes, key: str = "") -> dict[str, Row]:
     return out
 
 
-def store_attrs(ctx: Context, rows: Mapping[str, Row]) -> str | None:
+def store_attrs(ctx: Context, rows: Mapping[str, Row], row_json: dict[str, str] | None = None) -> str | None:
     """Write the attributes object of ``rows`` (if not there yet); its key (hex), or ``None``
-    when there is no row."""
+    when there is no row. ``row_json`` (if given) receives each path's row as ``canonical`` JSON."""
     import zstandard
 
     from datamon.cas.hashing import key_of
 
-    raw = encode_attrs(rows)
+    raw, by_path = encode_attrs_json(rows)
+    if row_json is not None:
+        row_json.update(by_path)
     if not raw:
         return None
     if len(raw) > MAX_ATTRS_BYTES:
@@ -616,6 +642,7 @@ class Extras:
     parent: BundleRecord | None = None
     parent_rows: dict[str, Row] = field(default_factory=dict)
     final_rows: dict[str, Row] = field(default_factory=dict)  # the bundle's rows, once ``finish`` ran
+    final_json: dict[str, str] = field(default_factory=dict)  # and each as ``canonical`` JSON
 
     def check_paths(self, paths: Iterable[str]) -> None:
         """Refuse rows for paths that are not files of the upload (exit 1, naming the first few),
@@ -654,7 +681,7 @@ class Extras:
         if self.rows:
             rows.update(self.rows)
         self.final_rows = rows
-        return self.meta, store_attrs(ctx, rows) if rows else None
+        return self.meta, store_attrs(ctx, rows, self.final_json) if rows else None
 
 
 def prepare(

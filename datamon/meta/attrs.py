@@ -121,10 +121,13 @@ class AttrsMixin(StoreBase):
             marks: list[tuple[bytes]] = []
 
             def flush() -> None:
+                # in primary-key order: b-tree inserts stay local (node ids are random)
                 if links:
+                    links.sort(key=lambda r: (r[0], r[1]))
                     conn.exec_driver_sql(links_sql, links)
                     links.clear()
                 if files:
+                    files.sort(key=lambda r: (r[0], r[1]))
                     conn.exec_driver_sql(files_sql, files)
                     files.clear()
 
@@ -139,6 +142,7 @@ class AttrsMixin(StoreBase):
                 if len(links) + len(files) >= INDEX_BATCH_ROWS:
                     flush()
             flush()
+            marks.sort()
             for start in range(0, len(marks), 5000):
                 conn.exec_driver_sql(nodes_sql, marks[start : start + 5000])
         return added
