@@ -317,6 +317,18 @@ _DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)  # json.loads wi
 
 def normalize_path(p: object, where: str) -> str:
     """A bundle path as stored in the index: components joined by ``/``, no ``./``, no ``..``."""
+    if (  # already normal (the common case, one per attribute row): ASCII, so no surrogate
+        isinstance(p, str)
+        and p.isascii()
+        and p
+        and p[0] != "/"
+        and p[-1] != "/"
+        and "//" not in p
+        and "\x00" not in p
+        and "/." not in p
+        and p[0] != "."
+    ):
+        return p
     from datamon.api.bundles import split_path
 
     if not isinstance(p, str) or not p:

@@ -53,6 +53,7 @@ class EntryKind(IntEnum):
 
 
 _KINDS = frozenset(int(k) for k in EntryKind)
+_KIND_OF = {int(k): k for k in EntryKind}  # a dict lookup costs a fraction of EntryKind(kind)
 
 
 def _enc(text: str) -> bytes:
@@ -103,7 +104,7 @@ def _check_entry(name: bytes, kind: int, mode: int, size: int, target: bytes, ta
         raise TreeFormatError(f"entry {name!r} has mode bits beyond 0o7777: {mode:#o}")
     if not 0 <= size <= MAX_SIZE:
         raise TreeFormatError(f"entry {name!r} has impossible size {size}")
-    if kind == EntryKind.SYMLINK:
+    if kind == 3:  # EntryKind.SYMLINK (an int compare: this runs once per entry read)
         if not target or b"\x00" in target:
             raise TreeFormatError(f"symlink {name!r} has an empty target or one containing NUL")
         if size not in (len(target), len(target_text)):
@@ -179,7 +180,7 @@ def decode_tree(raw: bytes | bytearray | memoryview) -> list[TreeEntry]:
         _check_entry(name, kind, mode, size, target, target_text)
         entries.append(
             TreeEntry(
-                name.decode("utf-8", "surrogateescape"), EntryKind(kind), mode, mtime, size, key, target_text
+                name.decode("utf-8", "surrogateescape"), _KIND_OF[kind], mode, mtime, size, key, target_text
             )
         )
     if pos != end:
