@@ -239,6 +239,7 @@ def main() -> None:
             eng.start()
             try:
                 results.append(bench_engine(eng, tree, rel, attrs, schema, args.changes))
+                log(f"{name}: {json.dumps(results[-1])}")  # kept if a later engine fails
             finally:
                 eng.stop()
     finally:
