@@ -187,6 +187,10 @@ def bench_engine(eng: Engine, tree: Path, rel: list[str], attrs: Path, schema: P
     shutil.copytree(tree, work, symlinks=True)
     size0 = eng.db_bytes(env)
     rng = random.Random(99)
+    # Each edit names its parent: the latest bundle of the repo is now the slice, and carry-over
+    # keeps the rows of the first parent only (docs/query.md), so an edit parented on the slice
+    # would drop the attributes of the 900,000 files outside it and index a different dataset.
+    parent = run([*CLI, "bundle", "get", "--repo", "q", "--label", "v0", "--format", "{id}"], env).strip()
     for k in range(changes):
         picked = rng.sample(rel, 10)
         rows = []
@@ -196,22 +200,11 @@ def bench_engine(eng: Engine, tree: Path, rel: list[str], attrs: Path, schema: P
                                     "source": f"edit-{k}"}))  # fmt: skip
         a = eng.work / f"edit-{k}.jsonl"
         a.write_text("\n".join(rows) + "\n")
-        run(
-            [
-                *CLI,
-                "bundle",
-                "upload",
-                "--repo",
-                "q",
-                "--path",
-                str(work),
-                "--message",
-                f"e{k}",
-                "--attributes",
-                str(a),
-            ],
+        parent = run(
+            [*CLI, "bundle", "upload", "--repo", "q", "--path", str(work), "--message", f"e{k}",
+             "--parent", parent, "--attributes", str(a)],
             env,
-        )
+        ).strip()  # fmt: skip
     run([*CLI, "query", "--format", "{n}", "SELECT count(*) AS n FROM bundles"], env)
     r["db_growth_mib"] = round((eng.db_bytes(env) - size0) / (1 << 20), 2)
     return r
@@ -246,6 +239,7 @@ def main() -> None:
             eng.start()
             try:
                 results.append(bench_engine(eng, tree, rel, attrs, schema, args.changes))
+                log(f"{name}: {json.dumps(results[-1])}")  # kept if a later engine fails
             finally:
                 eng.stop()
     finally:

@@ -49,9 +49,12 @@ def _shown(v: object) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
+_ENCODER: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical(obj: object) -> str:
     """Compact JSON, sorted keys, no ASCII escaping: the form every stored JSON of this module has."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(obj)  # one encoder for all: json.dumps with options builds one per call
 
 
 # --- schemas ---------------------------------------------------------------------------------------
@@ -306,11 +309,26 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)  # json.loads with options builds one per call
+
+
 # --- reading attribute files -------------------------------------------------------------------
 
 
 def normalize_path(p: object, where: str) -> str:
     """A bundle path as stored in the index: components joined by ``/``, no ``./``, no ``..``."""
+    if (  # already normal (the common case, one per attribute row): ASCII, so no surrogate
+        isinstance(p, str)
+        and p.isascii()
+        and p
+        and p[0] != "/"
+        and p[-1] != "/"
+        and "//" not in p
+        and "\x00" not in p
+        and "/." not in p
+        and p[0] != "."
+    ):
+        return p
     from datamon.api.bundles import split_path
 
     if not isinstance(p, str) or not p:
@@ -380,7 +398,7 @@ def _jsonl_records(path: str) -> Iterator[Any]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line, parse_constant=_no_constant)
+                yield _DECODER.decode(line)
             except (ValueError, RecursionError) as e:
                 raise UsageError(f"{path} line {n} is not JSON: {str(e)[:80]}") from None
 
@@ -443,9 +461,33 @@ def _path_order(p: str) -> bytes:
 def encode_attrs(rows: Mapping[str, Row]) -> bytes:
     """The canonical attributes object: one line per path with a non-empty row, in path byte order,
     each ``{"path": ..., column: value, ...}`` in compact sorted JSON, ending in a newline."""
+    return encode_attrs_json(rows)[0]
+
+
+def encode_attrs_json(rows: Mapping[str, Row]) -> tuple[bytes, dict[str, str]]:
+    """``encode_attrs`` and each path's row as ``canonical`` JSON without its path (what the file
+    index stores), from one encoding of each row."""
     paths = sorted((p for p in rows if rows[p]), key=_path_order)
-    lines = [canonical({**rows[p], "path": p}) + "\n" for p in paths]
-    return "".join(lines).encode("utf-8")
+    lines: list[str] = []
+    by_path: dict[str, str] = {}
+    enc = _ENCODER.encode
+    for p in paths:
+        line = enc({**rows[p], "path": p})
+        lines.append(line)
+        by_path[p] = _without_path(line, p)
+    lines.append("")
+    return "\n".join(lines).encode("utf-8"), by_path
+
+
+def _without_path(line: str, path: str) -> str:
+    """``line`` (canonical JSON of a row with ``path``, and at least one other column) without its
+    path member. In compact JSON a comma followed by an unescaped quote only ever starts a member
+    (quotes inside strings are escaped), so the first ``,"path":`` is the member."""
+    member = '"path":' + _ENCODER.encode(path)
+    if line.startswith("{" + member + ","):
+        return "{" + line[len(member) + 2 :]
+    i = line.index("," + member)
+    return line[:i] + line[i + len(member) + 1 :]
 
 
 def decode_attrs(raw: bytes, key: str = "") -> dict[str, Row]:
@@ -469,7 +511,7 @@ def decode_attrs(raw: bytes, key: str = "") -> dict[str, Row]:
     last = b""
     for n, line in enumerate(text.split("\n")[:-1], 1):
         try:
-            d = json.loads(line, parse_constant=_no_constant)
+            d = _DECODER.decode(line)
         except (ValueError, RecursionError):
             raise bad(f"line {n} is not JSON") from None
         if not isinstance(d, dict) or not isinstance(d.get("path"), str) or len(d) < 2:
@@ -491,14 +533,16 @@ def decode_attrs(raw: bytes, key: str = "") -> dict[str, Row]:
     return out
 
 
-def store_attrs(ctx: Context, rows: Mapping[str, Row]) -> str | None:
+def store_attrs(ctx: Context, rows: Mapping[str, Row], row_json: dict[str, str] | None = None) -> str | None:
     """Write the attributes object of ``rows`` (if not there yet); its key (hex), or ``None``
-    when there is no row."""
+    when there is no row. ``row_json`` (if given) receives each path's row as ``canonical`` JSON."""
     import zstandard
 
     from datamon.cas.hashing import key_of
 
-    raw = encode_attrs(rows)
+    raw, by_path = encode_attrs_json(rows)
+    if row_json is not None:
+        row_json.update(by_path)
     if not raw:
         return None
     if len(raw) > MAX_ATTRS_BYTES:
@@ -609,6 +653,8 @@ class Extras:
     schema: Schema | None
     parent: BundleRecord | None = None
     parent_rows: dict[str, Row] = field(default_factory=dict)
+    final_rows: dict[str, Row] = field(default_factory=dict)  # the bundle's rows, once ``finish`` ran
+    final_json: dict[str, str] = field(default_factory=dict)  # and each as ``canonical`` JSON
 
     @property
     def needs_paths(self) -> bool:
@@ -651,7 +697,8 @@ class Extras:
                     check_row(p, rows[p], self.schema)
         if self.rows:
             rows.update(self.rows)
-        return self.meta, store_attrs(ctx, rows) if rows else None
+        self.final_rows = rows
+        return self.meta, store_attrs(ctx, rows, self.final_json) if rows else None
 
 
 def prepare(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from datamon.meta.records import BundleRecord, IndexFile, IndexLink, IndexNode
 
 PAGE_MAX: Final = 256  # entries a node holds before it is cut into pages
-PAGE_BITS: Final = 63  # boundary after an entry whose CRC & PAGE_BITS == 0: pages of ~64 entries
+PAGE_BITS: Final = 31  # boundary after an entry whose CRC & PAGE_BITS == 0: pages of ~32 entries
 PAGE_HARD: Final = 1024  # a page never holds more than this many entries
 FLUSH_ROWS: Final = 50_000  # rows buffered before a batch of finished nodes is written
 _ZERO: Final = bytes(32)
@@ -62,7 +63,7 @@ class _AttrDir:
     digest: bytes = _ZERO
 
 
-def _attr_trie(rows: Mapping[str, Mapping[str, Any]]) -> _AttrDir:
+def _attr_trie(rows: Mapping[str, Mapping[str, Any]], row_json: Mapping[str, str] | None = None) -> _AttrDir:
     from datamon.api.attributes import canonical
 
     top = _AttrDir({}, {})
@@ -71,7 +72,8 @@ def _attr_trie(rows: Mapping[str, Mapping[str, Any]]) -> _AttrDir:
         d = top
         for p in parts[:-1]:
             d = d.dirs.setdefault(p, _AttrDir({}, {}))
-        d.files[parts[-1]] = canonical(row)
+        text = row_json.get(path) if row_json is not None else None
+        d.files[parts[-1]] = text if text is not None else canonical(row)
     # digests bottom-up, explicit stack
     order: list[_AttrDir] = []
     stack = [top]
@@ -97,24 +99,59 @@ def _boundary(name: str, level: int) -> bool:
 
 
 class _Writer:
-    """Buffers finished nodes (children always before parents) and writes them in batches."""
+    """Buffers finished nodes (children always before parents) and writes them in batches, on a
+    thread of its own: the database's insert work (which releases the GIL) overlaps the walk.
+    Batches are written in order, one at a time, each in its own transaction, so a node marked
+    present is complete and its children were committed before it. At most two batches wait."""
 
     def __init__(self, ctx: Context) -> None:
         self.meta = ctx.meta
+        url = ctx.meta_url
+        # an in-memory SQLite database is one connection shared by all threads: write inline
+        self._inline = url.startswith("sqlite") and (
+            url.rstrip("/") in ("sqlite:", "sqlite+pysqlite:") or ":memory:" in url or "mode=memory" in url
+        )
         self.nodes: list[IndexNode] = []
         self.rows = 0
         self.added = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[int]] = []
 
     def add(self, node: IndexNode) -> None:
         self.nodes.append(node)
         self.rows += len(node[1]) + len(node[2]) + 1
         if self.rows >= FLUSH_ROWS:
-            self.flush()
+            self._submit()
+
+    def _submit(self) -> None:
+        if not self.nodes:
+            return
+        if self._inline:
+            self.added += self.meta.add_index_nodes(self.nodes)
+            self.nodes, self.rows = [], 0
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datamon-index")
+        while len(self._pending) >= 2:
+            self.added += self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self.meta.add_index_nodes, self.nodes))
+        self.nodes, self.rows = [], 0
 
     def flush(self) -> None:
-        if self.nodes:
-            self.added += self.meta.add_index_nodes(self.nodes)
-        self.nodes, self.rows = [], 0
+        """Write what is buffered and wait for every batch (raises what a batch raised)."""
+        try:
+            self._submit()
+            while self._pending:
+                self.added += self._pending.pop(0).result()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for f in self._pending:
+                f.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool, self._pending = None, []
 
 
 # An item of a node: ("f", name, file row) or ("d", name, child node id) or ("p", last name, page id)
@@ -122,15 +159,15 @@ _Item = tuple[str, str, Any]
 
 
 def _page_id(items: list[_Item]) -> bytes:
-    def shown(value: Any) -> Any:
-        return value.hex() if isinstance(value, bytes) else [*value[:3], value[3].hex(), *value[4:]]
-
-    body = json.dumps(
-        [[kind, name, shown(value)] for kind, name, value in items],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    return _key(b"page ", body.encode("utf-8", "surrogatepass"))
+    """BLAKE3 of the page's rows, NUL-separated (no name, number or attributes JSON holds a NUL)."""
+    parts: list[str] = []
+    for kind, name, value in items:
+        if isinstance(value, bytes):
+            parts += (kind, name, value.hex())
+        else:
+            n, k, size, key, mode, mtime, attrs = value
+            parts += (kind, n, str(k), str(size), key.hex(), str(mode), str(mtime), attrs or "")
+    return _key(b"page2 ", "\0".join(parts).encode("utf-8", "surrogatepass"))
 
 
 def _node(node_id: bytes, items: list[_Item]) -> IndexNode:
@@ -170,10 +207,18 @@ def _file_row(e: TreeEntry, attrs: str | None) -> IndexFile:
     return (_text(e.name), int(e.kind), e.size, e.key, e.mode, e.mtime_ns, attrs)
 
 
-def build(ctx: Context, tree: str, rows: Mapping[str, Mapping[str, Any]]) -> bytes:
+def build(
+    ctx: Context,
+    tree: str,
+    rows: Mapping[str, Mapping[str, Any]],
+    trees: Mapping[bytes, list[TreeEntry]] | None = None,
+    row_json: Mapping[str, str] | None = None,
+) -> bytes:
     """Index the tree ``tree`` (hex) with attribute ``rows``; returns the root node id. Directories
-    already indexed with the same attributes are not read."""
-    trie = _attr_trie(rows) if rows else _EMPTY_ATTRS
+    already indexed with the same attributes are not read. ``trees`` (key -> entries in tree
+    order) are trees the caller just encoded itself: they are not read back from the store;
+    ``row_json`` (path -> ``canonical`` JSON of its row) saves encoding rows again."""
+    trie = _attr_trie(rows, row_json) if rows else _EMPTY_ATTRS
     root_tree = bytes.fromhex(tree)
     root = dir_node(root_tree, trie.digest if rows else _ZERO)
     meta = ctx.meta
@@ -181,44 +226,57 @@ def build(ctx: Context, tree: str, rows: Mapping[str, Mapping[str, Any]]) -> byt
         return root
     cas = ctx.cas
     w = _Writer(ctx)
-    # post-order walk: (node id, tree key, attrs of this directory, items or None before expansion)
-    stack: list[tuple[bytes, bytes, _AttrDir | None, list[_Item] | None]] = [
-        (root, root_tree, trie if rows else None, None)
-    ]
-    emitted: set[bytes] = set()  # skipping a child only once it is written keeps children first
-    while stack:
-        node_id, tkey, adir, items = stack.pop()
-        if items is not None:
-            _emit_dir(w, node_id, items)
-            emitted.add(node_id)
-            continue
-        entries = cas.read_tree(tkey)
-        items = []
-        children: list[tuple[bytes, bytes, _AttrDir | None]] = []
-        for e in entries:
-            if e.is_dir:
-                sub = adir.dirs.get(e.name) if adir is not None else None
-                cid = dir_node(e.key, sub.digest if sub is not None else _ZERO)
-                items.append(("d", _text(e.name), cid))
-                children.append((cid, e.key, sub))
-            else:
-                attrs = adir.files.get(e.name) if adir is not None else None
-                items.append(("f", _text(e.name), _file_row(e, attrs)))
-        stack.append((node_id, tkey, adir, items))
-        if children:
-            have = meta.present_nodes(list({c[0] for c in children}))
-            for cid, ckey, sub in reversed(children):
-                if cid not in have and cid not in emitted:
-                    stack.append((cid, ckey, sub, None))
-    w.flush()
+    try:
+        # post-order walk: (node id, tree key, attrs of this directory, items or None before expansion)
+        stack: list[tuple[bytes, bytes, _AttrDir | None, list[_Item] | None]] = [
+            (root, root_tree, trie if rows else None, None)
+        ]
+        emitted: set[bytes] = set()  # skipping a child only once it is written keeps children first
+        while stack:
+            node_id, tkey, adir, items = stack.pop()
+            if items is not None:
+                _emit_dir(w, node_id, items)
+                emitted.add(node_id)
+                continue
+            known = trees.get(tkey) if trees is not None else None
+            entries = known if known is not None else cas.read_tree(tkey)
+            items = []
+            children: list[tuple[bytes, bytes, _AttrDir | None]] = []
+            for e in entries:
+                if e.is_dir:
+                    sub = adir.dirs.get(e.name) if adir is not None else None
+                    cid = dir_node(e.key, sub.digest if sub is not None else _ZERO)
+                    items.append(("d", _text(e.name), cid))
+                    children.append((cid, e.key, sub))
+                else:
+                    attrs = adir.files.get(e.name) if adir is not None else None
+                    items.append(("f", _text(e.name), _file_row(e, attrs)))
+            stack.append((node_id, tkey, adir, items))
+            if children:
+                have = meta.present_nodes(list({c[0] for c in children}))
+                for cid, ckey, sub in reversed(children):
+                    if cid not in have and cid not in emitted:
+                        stack.append((cid, ckey, sub, None))
+        w.flush()
+    finally:
+        w.close()
     return root
 
 
-def index_bundle(ctx: Context, b: BundleRecord) -> bytes:
-    """Index bundle ``b`` (its tree and attributes) and record its root node."""
+def index_bundle(
+    ctx: Context,
+    b: BundleRecord,
+    *,
+    rows: Mapping[str, Mapping[str, Any]] | None = None,
+    trees: Mapping[bytes, list[TreeEntry]] | None = None,
+    row_json: Mapping[str, str] | None = None,
+) -> bytes:
+    """Index bundle ``b`` (its tree and attributes) and record its root node. ``rows`` are its
+    attribute rows when the caller has them (they are the rows of ``b.attrs``: the object is then
+    not read back); ``trees`` and ``row_json`` as for ``build``."""
     from datamon.api.attributes import bundle_attrs
 
-    node = build(ctx, b.tree, bundle_attrs(ctx, b))
+    node = build(ctx, b.tree, bundle_attrs(ctx, b) if rows is None else rows, trees, row_json)
     ctx.meta.set_bundle_index(b.id, node)
     return node
 

@@ -36,7 +36,15 @@ def _quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _selected(ctx: Context, sql: str, timeout_s: float) -> list[tuple[str, str, str]]:
+# What a slice needs of each chosen file, read from the file index with the selection itself.
+_ENTRY_COLS = "kind, size, key, mode, mtime_ns, attrs"
+# (kind, size, key hex, mode, mtime_ns, attrs JSON) as the ``files`` view gives them
+_Found = tuple[str, int, str | None, int, int, Any]
+
+
+def _selected(ctx: Context, sql: str, timeout_s: float, *, entries: bool) -> list[tuple[Any, ...]]:
+    """The ``repo, bundle, path`` rows of ``sql`` (with ``entries``: followed by the
+    ``_ENTRY_COLS`` of the files view, which ``sql`` selects after them)."""
     from datamon.api.query import execute
 
     with execute(ctx, sql, timeout_s=timeout_s) as r:
@@ -46,41 +54,98 @@ def _selected(ctx: Context, sql: str, timeout_s: float) -> list[tuple[str, str, 
                 f"the slice query returns columns {', '.join(r.columns)}",
                 "select repo, bundle and path from files",
             )
+        if entries:
+            return list(r)
         i, j, k = cols.index("repo"), cols.index("bundle"), cols.index("path")
         return [(row[i], row[j], row[k]) for row in r]
 
 
-def _entries(ctx: Context, b: BundleRecord, paths: set[str]) -> dict[str, tuple[list[TreeEntry], TreeEntry]]:
-    """For each of ``paths``: (the directory entries leading to it, its entry). Reads only the trees
-    on the way to the chosen files."""
+def _bundle_entries(ctx: Context, b: BundleRecord, paths: set[str], timeout_s: float) -> dict[str, _Found]:
+    """The index rows of ``paths`` in bundle ``b`` (for ``--query``, whose own columns are not
+    trusted to describe the files: only its ``repo, bundle, path`` are)."""
+    sql = f"SELECT path, {_ENTRY_COLS} FROM files WHERE repo = {_quote(b.repo)} AND bundle = {_quote(b.id)}"
+    out: dict[str, _Found] = {}
+    for row in _selected_plain(ctx, sql, timeout_s):
+        if row[0] in paths:
+            out[row[0]] = tuple(row[1:])
+    return out
+
+
+def _selected_plain(ctx: Context, sql: str, timeout_s: float) -> list[tuple[Any, ...]]:
+    from datamon.api.query import execute
+
+    with execute(ctx, sql, timeout_s=timeout_s, index=False) as r:
+        return list(r)
+
+
+def _entries(
+    ctx: Context, b: BundleRecord, found: Mapping[str, _Found]
+) -> tuple[dict[str, tuple[list[TreeEntry], TreeEntry]], dict[str, Any]]:
+    """For each chosen path: (the directory entries leading to it, its entry), and the chosen
+    paths' attributes (JSON as the index holds them).
+
+    File entries come from the file index (``found``), so the trees of the directories holding
+    them are not read: only trees on the way to chosen *directories* are (their entries give the
+    directories' modes and times). A symlink's target, and a name the index holds escaped (not
+    UTF-8), are not in the index: their directory's tree is read for them."""
+    from datamon.cas.hashing import ZERO_KEY
+    from datamon.cas.tree import EntryKind, TreeEntry, validate_name
+
     trie: dict[str, Any] = {}
-    for p in paths:
+    for p in found:
         node = trie
         parts = p.split("/")
         for part in parts[:-1]:
             node = node.setdefault(part + "/", {})
         node[parts[-1]] = p
     out: dict[str, tuple[list[TreeEntry], TreeEntry]] = {}
+    attrs: dict[str, Any] = {}
     stack: list[tuple[bytes, dict[str, Any], list[TreeEntry]]] = [(bytes.fromhex(b.tree), trie, [])]
     while stack:
         key, node, dirs = stack.pop()
-        entries = {e.name: e for e in ctx.cas.read_tree(key)}
+        need_tree = False
+        for name, v in node.items():
+            if not isinstance(v, str):
+                need_tree = True
+                break
+            kind = found[v][0]
+            if kind != "file" or "\\" in name:
+                need_tree = True
+                break
+        tree = {e.name: e for e in ctx.cas.read_tree(key)} if need_tree else None
         for name, v in node.items():
             if isinstance(v, str):
-                e = entries.get(name)
-                if e is not None and not e.is_dir:
-                    out[v] = (dirs, e)
+                kind, size, hkey, mode, mtime_ns, a = found[v]
+                if tree is not None:
+                    e = tree.get(name)
+                    if e is None or e.is_dir:
+                        continue
+                else:
+                    validate_name(name)
+                    e = TreeEntry(
+                        name,
+                        EntryKind.FILE,
+                        int(mode) & 0o7777,
+                        int(mtime_ns),
+                        int(size),
+                        bytes.fromhex(hkey) if hkey else ZERO_KEY,
+                    )
+                out[v] = (dirs, e)
+                if a is not None:
+                    attrs[v] = a
             else:
-                e = entries.get(name[:-1])
+                assert tree is not None
+                e = tree.get(name[:-1])
                 if e is not None and e.is_dir:
                     stack.append((e.key, v, [*dirs, e]))
-    return out
+    return out, attrs
 
 
 def _build_trees(
     chosen: dict[str, tuple[list[TreeEntry], TreeEntry]],
-) -> tuple[str, list[tuple[bytes, bytes, int]]]:
-    """Encode the trees holding ``chosen`` (path -> (parent dirs, entry)); (root key hex, objects)."""
+) -> tuple[str, list[tuple[bytes, bytes, int]], dict[bytes, list[TreeEntry]]]:
+    """Encode the trees holding ``chosen`` (path -> (parent dirs, entry)); (root key hex, objects,
+    the trees' entries by key as ``decode_tree`` would return them, for the file index)."""
     from datamon.cas.hashing import key_of
     from datamon.cas.pack import Kind
     from datamon.cas.tree import EntryKind, TreeEntry, encode_tree
@@ -106,6 +171,7 @@ def _build_trees(
         order.append(d)
         stack.extend(d.dirs.values())
     done: dict[int, tuple[bytes, int]] = {}
+    trees: dict[bytes, list[TreeEntry]] = {}
     for d in reversed(order):
         entries = list(d.files.values())
         total = sum(e.size for e in entries if e.is_file)
@@ -117,8 +183,30 @@ def _build_trees(
         raw = encode_tree(entries)
         key = key_of(raw)
         objects.append((key, raw, Kind.TREE))
+        trees[key] = sorted(entries, key=lambda e: e.name.encode("utf-8", "surrogateescape"))
         done[id(d)] = (key, total)
-    return done[id(top)][0].hex(), objects
+    return done[id(top)][0].hex(), objects, trees
+
+
+def _attrs_row(path: str, value: Any, b: BundleRecord) -> dict[str, Any]:
+    """The attribute row of ``path`` as the index holds it (JSON text, or an object on PostgreSQL),
+    checked like a row of an attributes object (``IntegrityError`` if the index is damaged)."""
+    import json
+
+    from datamon.api.attributes import check_row
+    from datamon.errors import IntegrityError
+
+    try:
+        row = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(row, dict) or not row:
+            raise ValueError("not an object")
+        check_row(path, row, None)
+    except (ValueError, UsageError) as e:
+        raise IntegrityError(
+            f"the file index of bundle {b.id[:12]} holds damaged attributes for {path!r} ({e})",
+            "rebuild it with `datamon admin reindex --files`",
+        ) from None
+    return row
 
 
 def slice_bundle(
@@ -152,23 +240,24 @@ def slice_bundle(
             raise UsageError("--where needs --repo (and --bundle or --label, else the latest bundle)")
         src = resolve(ctx, repo, bundle=bundle, label=label)
         sql = (
-            f"SELECT repo, bundle, path FROM files WHERE repo = {_quote(src.repo)} "
+            f"SELECT repo, bundle, path, {_ENTRY_COLS} FROM files WHERE repo = {_quote(src.repo)} "
             f"AND bundle = {_quote(src.id)} AND ({where})"
         )
     else:
         if bundle or label:
             raise UsageError("--query chooses its bundles itself: drop --bundle/--label")
         sql = query  # type: ignore[assignment]
-    rows = _selected(ctx, sql, timeout_s)
+    rows = _selected(ctx, sql, timeout_s, entries=where is not None)
     if not rows:
         raise UsageError("the slice selects no file", "check the condition with `datamon query`")
     by_path: dict[str, tuple[str, str]] = {}
     collisions: list[str] = []
-    for row_repo, row_bundle, p in rows:
+    for row in rows:
+        p, rb = row[2], (row[0], row[1])
         prev = by_path.get(p)
-        if prev is not None and prev != (row_repo, row_bundle):
+        if prev is not None and prev != rb:
             collisions.append(p)
-        by_path[p] = (row_repo, row_bundle)
+        by_path[p] = rb
     if collisions:
         shown = ", ".join(repr(p) for p in sorted(set(collisions))[:_SHOW])
         more = f" and {len(set(collisions)) - _SHOW} more" if len(set(collisions)) > _SHOW else ""
@@ -179,6 +268,7 @@ def slice_bundle(
     sources: dict[tuple[str, str], set[str]] = {}
     for p, rb in by_path.items():
         sources.setdefault(rb, set()).add(p)
+    given: dict[str, _Found] = {r[2]: tuple(r[3:]) for r in rows} if where is not None else {}
     schema = attrs.load_schema(ctx, to_repo)
     bundle_meta = attrs.check_meta(meta, schema)
     chosen: dict[str, tuple[list[TreeEntry], TreeEntry]] = {}
@@ -188,17 +278,20 @@ def slice_bundle(
         b = ctx.meta.get_bundle(source_repo, bid)
         check_record(b)
         parents.append(b.id)
-        found = _entries(ctx, b, paths)
+        found = given if where is not None else _bundle_entries(ctx, b, paths, timeout_s)
         missing = sorted(paths - set(found))
         if missing:
             raise UsageError(f"bundle {bid[:12]} has no file {missing[0]!r}")
-        chosen.update(found)
-        source_rows = attrs.bundle_attrs(ctx, b)
-        for p in paths:
-            if p in source_rows:
-                attrs.check_row(p, source_rows[p], schema)
-                rows_out[p] = source_rows[p]
-    tree, objects = _build_trees(chosen)
+        entries, found_attrs = _entries(ctx, b, {p: found[p] for p in paths})
+        missing = sorted(paths - set(entries))
+        if missing:
+            raise UsageError(f"bundle {bid[:12]} has no file {missing[0]!r}")
+        chosen.update(entries)
+        for p, a in found_attrs.items():
+            arow = _attrs_row(p, a, b)
+            attrs.check_row(p, arow, schema)
+            rows_out[p] = arow
+    tree, objects, trees = _build_trees(chosen)
     with ctx.cas.writing(concurrency=1) as ing:
         ing.store_objects(objects)
     attrs_key = attrs.store_attrs(ctx, rows_out) if rows_out else None
@@ -218,7 +311,7 @@ def slice_bundle(
         meta=bundle_meta,
         attrs=attrs_key,
     )
-    index_bundle(ctx, new)
+    index_bundle(ctx, new, rows=rows_out, trees=trees)
     ctx.meta.add_bundle(new)
     if new_label:
         from datamon.api.labels import set_label

@@ -196,7 +196,7 @@ def upload(
     if attrs_key is not None:  # a bundle with attributes is indexed before its row is written;
         from datamon.api.fileindex import index_bundle  # others when first queried (docs/query.md)
 
-        index_bundle(ctx, bundle)
+        index_bundle(ctx, bundle, rows=extras.final_rows, row_json=extras.final_json)
     ctx.meta.add_bundle(bundle)
     if label:
         from datamon.api.labels import set_label

@@ -338,6 +338,17 @@ def _pg_query(url: str, sql: str, columns: list[SchemaColumn], timeout_s: float)
         raise
 
 
+def _sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite URL (``sqlite:///PATH``); the common form is parsed here, since
+    importing SQLAlchemy costs a third of a second of every ``datamon query``."""
+    for prefix in ("sqlite:///", "sqlite+pysqlite:///"):
+        if url.startswith(prefix) and "?" not in url and "%" not in url:
+            return url[len(prefix) :]
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).database
+
+
 def run_query(
     url: str, dialect: str, sql: str, schemas: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S
 ) -> QueryResult:
@@ -348,9 +359,7 @@ def run_query(
         raise _refused("the query contains a NUL character")
     columns = schema_columns(schemas)
     if dialect == "sqlite":
-        from sqlalchemy.engine import make_url
-
-        path = make_url(url).database
+        path = _sqlite_file(url)
         if not path or path == ":memory:" or path.startswith("file:"):
             raise UsageError(
                 "datamon query needs a metadata database in a file or on PostgreSQL",

@@ -159,6 +159,25 @@ class QuickMeta:
             out.setdefault(bid, []).append(label)
         return out
 
+    def unindexed_bundles(self) -> list[tuple[str, str]]:
+        """(repo, bundle id) of every bundle the file index lacks (hot: every ``datamon query``)."""
+        rows = self._rows(
+            "SELECT r.name, b.id FROM bundles b JOIN repos r ON b.repo_id = r.id"
+            " LEFT JOIN bundle_index i ON i.bundle_id = b.id LEFT JOIN index_nodes n ON n.node = i.node"
+            " WHERE n.node IS NULL ORDER BY r.name, b.id",
+            (),
+        )
+        return [(r[0], r[1]) for r in rows] if rows is not None else self.full.unindexed_bundles()
+
+    def current_schemas(self) -> dict[str, str]:
+        """The schema in force of every repo that has one (hot: every ``datamon query``)."""
+        rows = self._rows(
+            "SELECT r.name, s.schema FROM repo_schemas s JOIN repos r ON r.id = s.repo_id"
+            " WHERE s.version = (SELECT max(version) FROM repo_schemas t WHERE t.repo_id = s.repo_id)",
+            (),
+        )
+        return {r[0]: r[1] for r in rows} if rows is not None else self.full.current_schemas()
+
     def lookup_objects(self, keys: Sequence[bytes]) -> dict[bytes, IndexRow]:
         """Index rows of the indexed ``keys`` (hot in every upload: one query per 500 keys)."""
         if self._db is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,4 +113,45 @@ def test_unchanged_directories_and_pages_are_shared(tmp_path: Path) -> None:
         "WHERE b.message = 'third' AND f.attrs IS NOT NULL"
     )
     assert q == [{"n": 2999}]
+    ctx.close()
+
+
+def test_ten_changed_files_add_rows_of_their_pages_not_of_the_bundle(store: Any, tmp_path: Path) -> None:
+    """Issue 11's growth target at small scale, on both engines: after a slice (which becomes the
+    repo's latest bundle), an upload of the full tree that names its parent and changes 10 files
+    with new attribute rows adds the rows of the changed pages and the links above them (a few per
+    changed directory), not a row per file of the bundle; unchanged files keep their attributes."""
+    from datamon.api.fileindex import PAGE_HARD
+
+    n_dirs, per_dir = 12, 1000  # directories of more than PAGE_MAX entries: paginated
+    src = tmp_path / "src"
+    rows = {}
+    for d in range(n_dirs):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for i in range(per_dir):
+            p = f"d{d:02}/f{i:04}.bin"
+            (src / p).write_bytes(f"{d}-{i}".encode())
+            rows[p] = {"label": ["cat", "dog"][i % 2], "width": i}
+    ctx = store.context()
+    ctx.create_repo("r")
+    v0 = ctx.upload("r", src, "v0", attributes=rows).bundle
+    ctx.slice("r", "cats", repo="r", bundle=v0.id, where="attrs ->> 'label' = 'cat'")
+    before = ctx.meta.index_size()
+    changed = [f"d{d:02}/f{(d * 37) % per_dir:04}.bin" for d in range(10)]
+    for p in changed:
+        (src / p).write_bytes(b"changed " + p.encode())
+    new = {p: {"label": "fish", "width": -1} for p in changed}
+    e1 = ctx.upload("r", src, "e1", parents=[v0.id], attributes=new).bundle
+    after = ctx.meta.index_size()
+    added_files = after["index_files"] - before["index_files"]
+    added_links = after["index_links"] - before["index_links"]
+    assert 0 < added_files <= len(changed) * PAGE_HARD // 4, added_files  # ~10 pages of ~32
+    assert added_files < n_dirs * per_dir // 10, added_files
+    assert added_links < 10 * 40, added_links
+    assert after["bundle_index"] - before["bundle_index"] == 1
+    q = ctx.query(
+        f"SELECT attrs ->> 'label' AS label, count(*) AS n FROM files WHERE bundle = '{e1.id}' "
+        "GROUP BY attrs ->> 'label' ORDER BY label"
+    )
+    assert q == [{"label": "cat", "n": 5995}, {"label": "dog", "n": 5995}, {"label": "fish", "n": 10}]
     ctx.close()
