@@ -13,8 +13,9 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from datamon.api.bundles import Descend, Entry, Step, flatten, read_tree_once, resolve
@@ -433,10 +434,37 @@ def _open_destination(
     return b, _LocalView(ctx, dest)
 
 
+CHANGES_KEPT = 20_000  # an update with more changes streams them (``update``)
+
+
 @dataclass
 class UpdateResult:
+    """What an update did. ``changes`` lists every change of an update of at most
+    ``CHANGES_KEPT`` changes, the first ``CHANGES_KEPT`` of a larger one (memory stays
+    bounded); the counts are always complete."""
+
     changes: list[Change]
     seconds: float
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    files: int = 0  # files written
+    bytes: int = 0  # bytes written
+
+
+class _Counts:
+    __slots__ = ("A", "D", "U", "bytes", "files")
+
+    def __init__(self, changes: Iterable[Change] = ()) -> None:
+        self.A = self.U = self.D = self.files = self.bytes = 0
+        for c in changes:
+            self.add(c)
+
+    def add(self, c: Change) -> None:
+        setattr(self, c.op, getattr(self, c.op) + 1)
+        if c.op != "D" and c.new is not None and c.new.is_file:
+            self.files += 1
+            self.bytes += c.new.size
 
 
 def update(
@@ -459,7 +487,7 @@ def update(
     """
     from datamon.api import localfs
     from datamon.api.downloads import Registry, registered
-    from datamon.api.materialize import materialize
+    from datamon.api.materialize import Materializer
     from datamon.errors import UsageError
 
     t0 = time.perf_counter()
@@ -476,39 +504,63 @@ def update(
             f"refusing to update {dest!r}: {why}, and update deletes every file that is not in the bundle",
             "download into a new directory, or pass --force-dest to update it anyway",
         )
+    # The changes are listed first (nothing is touched until the comparison is done). An
+    # update of more than CHANGES_KEPT changes (finishing a large interrupted download) is
+    # counted instead of listed, then compared again and applied as the comparison streams,
+    # so memory does not grow with the number of changes.
+    top = _root(b.tree, b.created_ns)
     _, view = _open_destination(ctx, repo, dest, bundle=b.id)
     try:
-        changes = list(_diff_local(ctx, view, "", _root(b.tree, b.created_ns)))
+        it = _diff_local(ctx, view, "", top)
+        changes = list(islice(it, CHANGES_KEPT + 1))
+        counts = _Counts(changes)
+        large = len(changes) > CHANGES_KEPT
+        if large:
+            del changes[CHANGES_KEPT:]
+            for c in it:
+                counts.add(c)
+            view.close()  # (stores the keys it hashed: the second pass finds them cached)
+            view = _LocalView(ctx, dest)
     except BaseException:
         view.close()
         raise
+    stream: Iterator[Change] = _diff_local(ctx, view, "", top) if large else iter(changes)
     reg = Registry(ctx.state_dir)
     try:
         # registered before the first change: an interrupted update is finished by rerunning it
         # (what it deletes is gone either way: the directory is this bundle's from now on)
         reg.put(dest, repo=repo, bundle=b.id, name_filter=None, complete=False, adopted=False)
-        root = localfs.open_root(dest)
-        w = localfs.DirWalker(root)
-        try:
-            for c in changes:
-                if c.op != "D":
-                    continue
-                parts = localfs.safe_parts(c.path.rstrip("/"))
-                try:
-                    dfd = w.cd(parts[:-1])
-                except OSError as e:
-                    if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                        continue  # its directory is gone (or is a symlink now): nothing to delete
-                    raise
-                localfs.remove_at(dfd, parts[-1])
-        finally:
-            w.close()
-            os.close(root)
-        todo = [Entry(c.path.rstrip("/"), c.new) for c in changes if c.op in ("A", "U") and c.new is not None]
-        materialize(ctx, dest, todo, progress=progress, concurrency=concurrency)  # type: ignore[arg-type]
+        with Materializer(ctx, dest, progress=progress, concurrency=concurrency) as m:  # type: ignore[arg-type]
+            m.progress.start(counts.files, counts.bytes)
+            root = localfs.open_root(dest)
+            w = localfs.DirWalker(root)
+            try:
+                # In depth-first order a deletion comes before any addition at or below its
+                # path, and the files of a directory are written only after its listing was
+                # read: deleting as the changes come is the same as deleting everything first.
+                for c in stream:
+                    if c.op != "D":
+                        if c.new is not None:
+                            m.add(Entry(c.path.rstrip("/"), c.new))
+                        continue
+                    parts = localfs.safe_parts(c.path.rstrip("/"))
+                    try:
+                        dfd = w.cd(parts[:-1])
+                    except OSError as e:
+                        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                            continue  # its directory is gone (or is a symlink now): nothing to delete
+                        raise
+                    localfs.remove_at(dfd, parts[-1])
+            finally:
+                w.close()
+                os.close(root)
+            m.finish()
+            files, nbytes = m.files, m.bytes
         view.record_touched()
         reg.put(dest, repo=repo, bundle=b.id, name_filter=None, complete=True, adopted=False)
     finally:
         reg.close()
         view.close()
-    return UpdateResult(changes, time.perf_counter() - t0)
+    return UpdateResult(
+        changes, time.perf_counter() - t0, counts.A, counts.U, counts.D, files=files, bytes=nbytes
+    )

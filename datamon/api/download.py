@@ -131,8 +131,7 @@ def _resume(
     from datamon.api.diff import update
 
     r = update(ctx, repo, dest, bundle=b.id, progress=progress, concurrency=concurrency)
-    done = [c.new for c in r.changes if c.op in ("A", "U") and c.new is not None and c.new.is_file]
-    return DownloadResult(b, dest, len(done), sum(e.size for e in done), time.perf_counter() - t0)
+    return DownloadResult(b, dest, r.files, r.bytes, time.perf_counter() - t0)
 
 
 def download_file(

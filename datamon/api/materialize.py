@@ -73,14 +73,7 @@ def materialize(
         else:
             m.progress.start(0, 0)
         for e in entries:
-            parts = localfs.safe_parts(e.path)
-            kind = e.entry.kind
-            if kind == EntryKind.FILE:
-                m.add_file(parts[:-1], parts[-1], e.entry)
-            elif kind == EntryKind.DIR:
-                m.add_dir(parts, e.entry)
-            else:
-                m.add_link(parts[:-1], parts[-1], e.entry)
+            m.add(e)
         m.finish()
         return m.files, m.bytes
 
@@ -196,6 +189,19 @@ class Materializer:
     def _cd(self, parts: tuple[str, ...] | list[str]) -> int:
         assert self._walker is not None
         return self._walker.cd(parts)
+
+    def add(self, entry: Entry) -> None:
+        """One entry of any kind, at its path (entries in depth-first order)."""
+        from datamon.cas.tree import EntryKind
+
+        parts = localfs.safe_parts(entry.path)
+        e = entry.entry
+        if e.kind == EntryKind.FILE:
+            self.add_file(parts[:-1], parts[-1], e)
+        elif e.kind == EntryKind.DIR:
+            self.add_dir(parts, e)
+        else:
+            self.add_link(parts[:-1], parts[-1], e)
 
     def add_dir(self, parts: list[str] | tuple[str, ...], e: TreeEntry) -> None:
         """Create directory ``parts``; its mode and mtime are set by ``finish``."""

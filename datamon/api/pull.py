@@ -405,8 +405,7 @@ def pull(ctx: Context, pin: Pin, destination: str | os.PathLike[str]) -> PullRes
         from datamon.api.diff import update
 
         r = update(ctx, pin.repo, dest, bundle=b.id)
-        moved = [c.new for c in r.changes if c.op in ("A", "U") and c.new is not None and c.new.is_file]
-        action, files, nbytes = "update", len(moved), sum(e.size for e in moved)
+        action, files, nbytes = "update", r.files, r.bytes
     else:
         d = download(ctx, pin.repo, dest, bundle=b.id)
         action, files, nbytes = "download", d.files, d.bytes

@@ -449,8 +449,7 @@ def bundle_update(
         force=force,
         concurrency=concurrency,
     )
-    counts = {op: sum(1 for c in r.changes if c.op == op) for op in "AUD"}
-    stderr(f"updated {destination}: {counts['A']} added, {counts['U']} updated, {counts['D']} deleted")
+    stderr(f"updated {destination}: {r.added} added, {r.updated} updated, {r.deleted} deleted")
 
 
 @bundle.command("delete")

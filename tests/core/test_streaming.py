@@ -7,6 +7,7 @@ through pack indexes (their trust: ``tests/trust/test_pack_index.py``)."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +276,31 @@ def test_a_retargeted_symlink_misses_its_directory_digest(
         changes = diff_mod.diff_destination(ctx, "r", out, bundle=one)
         assert [(c.op, c.path) for c in changes] == [("U", "d/link")]
         assert (views[-1].fast_dirs, views[-1].slow_dirs) == (1, 1)
+
+
+def test_a_large_update_streams_its_changes(
+    two_bundles: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An update with more than CHANGES_KEPT changes applies them as they are compared (the
+    result keeps the first CHANGES_KEPT, the counts are complete) and ends equal to the bundle,
+    deleting what it does not hold, also where a file stands in for a directory."""
+    import datamon.api.diff as diff_mod
+
+    one, two = two_bundles
+    out = tmp_path / "out"
+    monkeypatch.setattr(diff_mod, "CHANGES_KEPT", 3)
+    with connect() as ctx:
+        _download(ctx, one, out)
+        for d in range(DIRS):  # every directory differs, its digest no longer matches
+            (out / f"d{d}" / "f0.txt").unlink()
+            (out / f"d{d}" / "extra.txt").write_text("not in the bundle")
+        shutil.rmtree(out / "d5")
+        (out / "d5").write_text("a file where the bundle has a directory")
+        r = diff_mod.update(ctx, "r", out, bundle=two)
+        assert len(r.changes) == 3
+        assert (r.added, r.updated, r.deleted) == (DIRS - 1 + PER_DIR, 1, DIRS - 1 + 1)
+        assert r.files == DIRS - 1 + PER_DIR + 1 and r.bytes > 0
+        assert diff_mod.diff_destination(ctx, "r", out, bundle=two) == []
+        assert (out / "d3/f2.txt").read_text() == "file 3/2 changed"
+        assert (out / "d5/f4.txt").read_text() == "file 5/4"
+        assert not (out / "d1/extra.txt").exists()
