@@ -208,7 +208,7 @@ def test_worker_processes_and_threads_build_the_same_bundle(
 
 
 def test_fast_tree_encoding_is_the_canonical_encoding() -> None:
-    from datamon.api.upload import encode_entries
+    from datamon.api.uploadwalk import encode_entries
 
     rng = random.Random(3)
     for _ in range(200):

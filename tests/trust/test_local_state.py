@@ -248,7 +248,7 @@ def test_file_growing_after_the_scan_is_read_bounded(
     dm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     import datamon.api.dirscan as ds
-    import datamon.api.upload as up
+    import datamon.api.uploadwalk as up
 
     src = make_tree(tmp_path / "src", {"grows.log": "x" * 100, "same.txt": "s"})
     big = os.urandom(1 << 20) * 3  # 3 MiB appended after the scan
