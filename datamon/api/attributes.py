@@ -557,6 +557,12 @@ def store_attrs(ctx: Context, rows: Mapping[str, Row], row_json: dict[str, str] 
 
 def load_attrs(ctx: Context, key: str) -> dict[str, Row]:
     """The rows of the attributes object ``key``, verified (``IntegrityError``, ``MissingObject``)."""
+    return decode_attrs(read_attrs(ctx, key), key)
+
+
+def read_attrs(ctx: Context, key: str) -> bytes:
+    """The bytes of the attributes object ``key``, proven to hash to it (``IntegrityError``,
+    ``MissingObject``); not decoded (``decode_attrs``)."""
     import zstandard
 
     from datamon.cas.hashing import key_of
@@ -588,7 +594,7 @@ def load_attrs(ctx: Context, key: str) -> dict[str, Row]:
             f"attributes object {key} does not hash to its name",
             "run `datamon verify`; restore the blob store from a backup",
         )
-    return decode_attrs(raw, key)
+    return raw
 
 
 def bundle_attrs(ctx: Context, b: BundleRecord) -> dict[str, Row]:

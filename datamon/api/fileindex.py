@@ -223,6 +223,7 @@ def build(
     root = dir_node(root_tree, trie.digest if rows else _ZERO)
     meta = ctx.meta
     if meta.present_nodes([root]):
+        meta.touch_index_nodes([root])  # shared: gc keeps it (and what it reaches) a grace period more
         return root
     cas = ctx.cas
     w = _Writer(ctx)
@@ -254,6 +255,8 @@ def build(
             stack.append((node_id, tkey, adir, items))
             if children:
                 have = meta.present_nodes(list({c[0] for c in children}))
+                if have:
+                    meta.touch_index_nodes(have)
                 for cid, ckey, sub in reversed(children):
                     if cid not in have and cid not in emitted:
                         stack.append((cid, ckey, sub, None))

@@ -87,6 +87,8 @@ class GcReport:
     freed_bytes: int = 0  # blob store bytes given back (or that would be, with dry_run)
     erased_purged: int = 0  # erased objects (``repo delete files``) now gone from every pack
     erased_waiting: int = 0  # erased objects still stored: held by a live bundle, or in a fresh pack
+    index_nodes: int = 0  # file index nodes no bundle reaches, older than the grace period, removed
+    index_rows: int = 0  # and their file and link rows
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)  # packs left alone because of a problem
 
@@ -372,6 +374,8 @@ class _Collector:
             self._settle_erasures(erased, erased_in, reach, unreadable)
         if not self.dry_run:
             self._drop_dead_marks()
+        # The file index (docs/query.md): nodes of deleted bundles that no other bundle shares.
+        rep.index_nodes, rep.index_rows = self.meta.collect_index(self.cutoff, dry_run=self.dry_run)
         rep.reachable_objects = len(reach.rows)
         rep.seconds = time.perf_counter() - t_start
         return rep

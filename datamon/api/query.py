@@ -22,14 +22,20 @@ def execute(
     First indexes any bundle the file index lacks (bundles made before it existed or by a FUSE
     commit): that is the only write, and it happens before the read-only query, never in it.
     Raises ``UsageError`` (exit 1) for a statement the database refuses or that times out."""
-    from datamon.meta.query import run_query
+    from datamon.meta.query import pg_quick_state, run_query
 
-    if index and ctx.meta.unindexed_bundles():
+    dialect = "sqlite" if ctx.meta_url.startswith("sqlite") else "postgresql"
+    # On PostgreSQL both reads go through psycopg alone when they can: no SQLAlchemy to import,
+    # no engine to build (SQLite has the same through ``meta/quick.py``).
+    quick = pg_quick_state(ctx.meta_url) if dialect == "postgresql" else None
+    unindexed = quick[0] if quick is not None else bool(ctx.meta.unindexed_bundles())
+    if index and unindexed:
         from datamon.api.fileindex import index_missing
 
         index_missing(ctx)
-    dialect = "sqlite" if ctx.meta_url.startswith("sqlite") else "postgresql"
-    return run_query(ctx.meta_url, dialect, sql, ctx.meta.current_schemas(), timeout_s)
+        quick = None
+    schemas = quick[1] if quick is not None else ctx.meta.current_schemas()
+    return run_query(ctx.meta_url, dialect, sql, schemas, timeout_s)
 
 
 def iter_query(ctx: Context, sql: str, **kw: Any) -> Iterator[dict[str, Any]]:

@@ -23,7 +23,9 @@ map's total, 0 for the empty key) and every map's chunk lengths against the chun
 of several chunks: its chunks are read in order and the whole file's hash compared with
 its key, which is what catches a well-formed map of *other* chunks (reported ``corrupt`` on
 the file key, with every path that uses it; ``repair`` drops that row so the next upload of
-the file writes a correct one). No step recurses on the depth of a tree.
+the file writes a correct one). No step recurses on the depth of a tree. Every bundle's
+attributes object is read and hashed too (decoded with ``full``); a bad one is reported on its
+key with the bundle (path ``""``).
 """
 
 from __future__ import annotations
@@ -392,6 +394,7 @@ def verify(
             check_record(b)
         except IntegrityError as e:
             record_problems[b.id] = Problem(b.id, RECORD, e.message)
+    attrs_problems = _check_attrs(ctx, [b for b in bundles if b.id not in record_problems], full)
     # Diamonds: what an open diamond's finished splits hold will be a bundle when it commits.
     from datamon.api.diamond import split_records
 
@@ -419,6 +422,9 @@ def verify(
     for b in bundles:
         if b.id in record_problems:
             report.affected.append(Affected(b.repo, b.id, "", record_problems[b.id]))
+        elif b.attrs and b.attrs in attrs_problems:
+            report.problems[b.attrs] = attrs_problems[b.attrs]
+            report.affected.append(Affected(b.repo, b.id, "", attrs_problems[b.attrs]))
     if not (bundle or label):
         from datamon.api.runs import run_problems
 
@@ -428,6 +434,26 @@ def verify(
         report.dropped_rows = _repair(ctx, reach)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _check_attrs(ctx: Context, bundles: Sequence[BundleRecord], full: bool) -> dict[str, Problem]:
+    """Problems of the bundles' attributes objects (``attrs/<key>``, docs/query.md), by key: each
+    is read and hashed (``missing`` or ``corrupt``); ``full`` also decodes it (``decode_attrs``:
+    canonical lines, sorted paths, scalar values). Each object is checked once."""
+    from datamon.api.attributes import decode_attrs, read_attrs
+    from datamon.errors import MissingObject
+
+    problems: dict[str, Problem] = {}
+    for key in sorted({b.attrs for b in bundles if b.attrs}):
+        try:
+            raw = read_attrs(ctx, key)
+            if full:
+                decode_attrs(raw, key)
+        except MissingObject as e:
+            problems[key] = Problem(key, MISSING, e.message)
+        except IntegrityError as e:
+            problems[key] = Problem(key, CORRUPT, e.message)
+    return problems
 
 
 def _check_footers(reach: Reach, report: VerifyReport) -> None:

@@ -139,6 +139,12 @@ def gc_cmd(grace: str, dry_run: bool, drop_run_inputs: bool, as_json: bool) -> N
             if r.erased_waiting
             else ""
         )
+        + (
+            f"; {r.index_nodes} file index nodes no bundle uses ({r.index_rows} rows) "
+            + ("would go" if dry_run else "removed")
+            if r.index_nodes
+            else ""
+        )
     )
 
 

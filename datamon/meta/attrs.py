@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, text, update
 
 from datamon.meta.base import StoreBase, batches
 from datamon.meta.records import IndexNode, SchemaRecord
@@ -25,6 +25,9 @@ from datamon.meta.schema import (
 )
 
 INDEX_BATCH_ROWS = 20_000  # rows per INSERT batch when writing index nodes
+# A shared node is re-timed only if its time is older than this (no rewrite of the same rows by
+# every upload); gc's grace period must be longer than an upload plus this (the default: a day).
+TOUCH_SLACK_NS = 600 * 10**9
 
 
 class AttrsMixin(StoreBase):
@@ -115,10 +118,11 @@ class AttrsMixin(StoreBase):
                 "INSERT INTO index_files (node, name, kind, size, key, mode, mtime_ns, attrs) "
                 f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}{jsonb})"
             )
-            nodes_sql = f"INSERT INTO index_nodes (node) VALUES ({ph})"
+            nodes_sql = f"INSERT INTO index_nodes (node, created_ns) VALUES ({ph}, {ph})"
             links: list[tuple[object, ...]] = []
             files: list[tuple[object, ...]] = []
-            marks: list[tuple[bytes]] = []
+            marks: list[tuple[bytes, int]] = []
+            now = time.time_ns()
 
             def flush() -> None:
                 # in primary-key order: b-tree inserts stay local (node ids are random)
@@ -135,7 +139,7 @@ class AttrsMixin(StoreBase):
                 if node in have:
                     continue
                 have.add(node)
-                marks.append((node,))
+                marks.append((node, now))
                 links.extend((node, s, n, c) for s, n, c in node_links)
                 files.extend((node, *f) for f in node_files)
                 added += 1
@@ -146,6 +150,66 @@ class AttrsMixin(StoreBase):
             for start in range(0, len(marks), 5000):
                 conn.exec_driver_sql(nodes_sql, marks[start : start + 5000])
         return added
+
+    def touch_index_nodes(self, nodes: Iterable[bytes]) -> None:
+        """Mark ``nodes`` (found already indexed by an upload that shares them) as just used, so
+        ``collect_index`` keeps them and what they reach for another grace period."""
+        unique = sorted(set(nodes))
+        if not unique:
+            return
+        now = time.time_ns()
+        with self._write() as conn:
+            for chunk in batches(unique):
+                conn.execute(
+                    update(index_nodes)
+                    .where(index_nodes.c.node.in_(chunk) & (index_nodes.c.created_ns < now - TOUCH_SLACK_NS))
+                    .values(created_ns=now)
+                )
+
+    def collect_index(self, cutoff_ns: int, *, dry_run: bool = False) -> tuple[int, int]:
+        """(gc) Remove the index nodes that no bundle reaches and that were last written or
+        shared before ``cutoff_ns``, and the root rows of deleted bundles whose root is that old;
+        returns (nodes, rows) removed (or that would be, with ``dry_run``). One transaction.
+
+        Live = everything reached through ``index_links`` from the root of an existing bundle or
+        from a node newer than the cutoff (an upload in progress writes children before its
+        bundle row, and touches the nodes it shares: ``touch_index_nodes``)."""
+        live_cte = (
+            "WITH RECURSIVE live(node) AS ("
+            " SELECT r.node FROM (SELECT i.node FROM bundle_index i JOIN bundles b ON b.id = i.bundle_id"
+            " UNION SELECT n.node FROM index_nodes n WHERE n.created_ns >= :cutoff) r"
+            " UNION SELECT l.child FROM live JOIN index_links l ON l.node = live.node) "
+        )
+        dead = "SELECT n.node FROM index_nodes n WHERE n.node NOT IN (SELECT node FROM live)"
+        stale_roots = (
+            "SELECT i.bundle_id FROM bundle_index i LEFT JOIN bundles b ON b.id = i.bundle_id"
+            " LEFT JOIN index_nodes n ON n.node = i.node"
+            " WHERE b.id IS NULL AND (n.node IS NULL OR n.created_ns < :cutoff)"
+        )
+        args = {"cutoff": cutoff_ns}
+        with self._write() as conn:
+            roots = [r[0] for r in conn.execute(text(stale_roots), args)]
+            for chunk in batches(roots if not dry_run else []):
+                conn.execute(delete(bundle_index).where(bundle_index.c.bundle_id.in_(chunk)))
+            nodes = [bytes(r[0]) for r in conn.execute(text(live_cte + dead), args)]
+            rows = 0
+            for chunk in batches(nodes):
+                rows += int(
+                    conn.execute(
+                        select(func.count()).select_from(index_files).where(index_files.c.node.in_(chunk))
+                    ).scalar_one()
+                )
+                rows += int(
+                    conn.execute(
+                        select(func.count()).select_from(index_links).where(index_links.c.node.in_(chunk))
+                    ).scalar_one()
+                )
+                if not dry_run:
+                    # the completion mark first: a node is never marked present without its rows
+                    conn.execute(delete(index_nodes).where(index_nodes.c.node.in_(chunk)))
+                    conn.execute(delete(index_links).where(index_links.c.node.in_(chunk)))
+                    conn.execute(delete(index_files).where(index_files.c.node.in_(chunk)))
+        return len(nodes), rows
 
     def set_bundle_index(self, bundle_id: str, node: bytes) -> None:
         """Record the root index node of a bundle (idempotent)."""

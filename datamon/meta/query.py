@@ -279,24 +279,72 @@ def _sqlite_query(path: str, sql: str, columns: list[SchemaColumn], timeout_s: f
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
 
-def _pg_query(url: str, sql: str, columns: list[SchemaColumn], timeout_s: float) -> QueryResult:
+def _pg_connect(url: str) -> Any:
+    """A psycopg connection (autocommit) to the database of a SQLAlchemy PostgreSQL URL."""
     import psycopg
-    from sqlalchemy.engine import make_url
 
-    u = make_url(url)
-    params: dict[str, Any] = {
-        "host": u.host,
-        "port": u.port,
-        "user": u.username,
-        "password": u.password,
-        "dbname": u.database,
-        **{k: v for k, v in u.query.items() if isinstance(v, str)},
-    }
-    params.setdefault("connect_timeout", "10")
+    if url.startswith(("postgresql+psycopg://", "postgresql://")) and "%" not in url:
+        # libpq takes the URL itself; parsing it with SQLAlchemy would import SQLAlchemy (0.3 s)
+        conninfo = "postgresql" + url[url.index("://") :]
+        params: dict[str, Any] = {} if "connect_timeout=" in url else {"connect_timeout": "10"}
+    else:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+        conninfo = ""
+        params = {
+            "host": u.host,
+            "port": u.port,
+            "user": u.username,
+            "password": u.password,
+            "dbname": u.database,
+            **{k: v for k, v in u.query.items() if isinstance(v, str)},
+        }
+        params.setdefault("connect_timeout", "10")
     try:
-        conn = psycopg.connect(**{k: v for k, v in params.items() if v is not None}, autocommit=True)
+        given = {k: v for k, v in params.items() if v is not None}
+        return psycopg.connect(conninfo, **given, autocommit=True)
     except psycopg.Error as e:
         raise StoreUnavailable(f"cannot connect to the metadata database: {str(e).strip()[:200]}") from None
+
+
+_UNINDEXED: Final = (
+    "SELECT 1 FROM bundles b LEFT JOIN bundle_index i ON i.bundle_id = b.id"
+    " LEFT JOIN index_nodes n ON n.node = i.node WHERE n.node IS NULL LIMIT 1"
+)
+_SCHEMAS: Final = (
+    "SELECT r.name, s.schema FROM repo_schemas s JOIN repos r ON r.id = s.repo_id"
+    " WHERE s.version = (SELECT max(version) FROM repo_schemas t WHERE t.repo_id = s.repo_id)"
+)
+
+
+def pg_quick_state(url: str) -> tuple[bool, dict[str, str]] | None:
+    """(whether some bundle is not indexed, the schema in force of every repo) of a PostgreSQL
+    database whose schema is at this datamon's head, read with psycopg alone; ``None`` if that
+    cannot be answered so (another revision, an error): the full store answers then."""
+    import psycopg
+
+    from datamon.meta.revision import HEAD_REVISION
+
+    try:
+        conn = _pg_connect(url)
+    except StoreUnavailable:
+        return None
+    try:
+        with conn:
+            if conn.execute("SELECT version_num FROM alembic_version").fetchall() != [(HEAD_REVISION,)]:
+                return None
+            unindexed = conn.execute(_UNINDEXED).fetchone() is not None
+            schemas = {r[0]: r[1] for r in conn.execute(_SCHEMAS)}
+    except psycopg.Error:
+        return None
+    return unindexed, schemas
+
+
+def _pg_query(url: str, sql: str, columns: list[SchemaColumn], timeout_s: float) -> QueryResult:
+    import psycopg
+
+    conn = _pg_connect(url)
     try:
         schema = conn.execute(
             "SELECT table_schema FROM information_schema.tables WHERE table_name = 'bundle_index' "

@@ -6,5 +6,5 @@ from typing import Final
 
 # Every revision in ``migrations/versions``, oldest first. Keep in sync with the migration files
 # (a test checks it against Alembic's script directory).
-KNOWN_REVISIONS: Final[tuple[str, ...]] = ("0001", "0002", "0003", "0004", "0005", "0006")
+KNOWN_REVISIONS: Final[tuple[str, ...]] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
 HEAD_REVISION: Final[str] = KNOWN_REVISIONS[-1]

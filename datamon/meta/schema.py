@@ -241,6 +241,8 @@ index_nodes = Table(
     "index_nodes",
     metadata,
     Column("node", LargeBinary(32), primary_key=True),
+    # when the node was written or last found already indexed by an upload sharing it (gc's grace)
+    Column("created_ns", BigInteger, nullable=False, server_default="0"),
     sqlite_with_rowid=False,
 )
 

@@ -155,3 +155,45 @@ def test_ten_changed_files_add_rows_of_their_pages_not_of_the_bundle(store: Any,
     )
     assert q == [{"label": "cat", "n": 5995}, {"label": "dog", "n": 5995}, {"label": "fish", "n": 10}]
     ctx.close()
+
+
+def test_gc_collects_index_nodes_no_bundle_uses(store: Any, tmp_path: Path) -> None:
+    """gc removes the index nodes of deleted bundles that no remaining bundle shares, once older
+    than its grace period; the shared ones and everything younger stay, and queries still answer."""
+    from datamon.api.forget import squash
+    from datamon.api.gc import gc
+
+    src = tmp_path / "src"
+    rows = {}
+    for d in ("kept", "changed"):
+        (src / d).mkdir(parents=True)
+        for i in range(300):
+            p = f"{d}/f{i:03}"
+            (src / p).write_text(p)
+            rows[p] = {"label": "cat" if i % 3 else "dog"}
+    ctx = store.context()
+    ctx.create_repo("r")
+    a = ctx.upload("r", src, "a", attributes=rows).bundle
+    with_a = ctx.meta.index_size()
+    for i in range(300):
+        (src / "changed" / f"f{i:03}").write_text(f"new {i}")
+    b = ctx.upload("r", src, "b", parents=[a.id]).bundle
+    both = ctx.meta.index_size()
+    assert squash(ctx, "r") and [x.id for x in ctx.meta.list_bundles("r")] == [b.id]
+    assert gc(ctx).index_nodes == 0  # default grace: everything is younger than a day
+    assert ctx.meta.index_size() == both
+    dry = gc(ctx, grace_ns=0, dry_run=True)
+    assert dry.index_nodes > 0 and ctx.meta.index_size() == both
+    r = gc(ctx, grace_ns=0)
+    assert (r.index_nodes, r.index_rows) == (dry.index_nodes, dry.index_rows)
+    after = ctx.meta.index_size()
+    # a's root and its "changed" directory went; "kept" (shared with b) stayed
+    assert after["index_files"] == both["index_files"] - 300 == with_a["index_files"]
+    assert after["bundle_index"] == 1
+    assert gc(ctx, grace_ns=0).index_nodes == 0
+    q = ctx.query(
+        "SELECT attrs ->> 'label' AS label, count(*) AS n FROM files "
+        f"WHERE bundle = '{b.id}' AND attrs IS NOT NULL GROUP BY attrs ->> 'label' ORDER BY label"
+    )
+    assert q == [{"label": "cat", "n": 200}, {"label": "dog", "n": 100}]
+    ctx.close()

@@ -80,3 +80,11 @@ def test_a_damaged_attributes_object_is_refused(store: Store, tmp_path: Path) ->
     # the next upload, which carries rows over from that parent, refuses it too (exit 4)
     r = store("bundle", "upload", "--repo", "r", "--path", src, "--message", "m2")
     assert r.code == 4 and "does not hash to its name" in r.err, r
+    # verify reads and hashes every bundle's attributes object: the forged one is a problem (exit 4)
+    r = store("verify", "--json")
+    assert r.code == 4, r
+    found = [json.loads(line) for line in r.out.splitlines()]
+    [problem] = [x for x in found if x["type"] == "problem"]
+    assert problem["object"] == name.removeprefix("attrs/") and problem["problem"] == "corrupt"
+    assert "does not hash to its name" in problem["detail"]
+    assert [x["path"] for x in found if x["type"] == "affected"] == [""]
