@@ -151,6 +151,8 @@ def test_deleted_pack_names_every_bundle_and_path(tmp_path: Path) -> None:
         verify(ctx, repair=True)
         assert verify(ctx).problems  # still broken until the data comes back
         ctx.upload("q", other, message="repair")
+        if {p for _, bid, p in expected if bid == b1} != {"big/0.bin"}:
+            ctx.upload("r", src, message="repair")  # the pack held more than big/0.bin's chunks
         r = verify(ctx, full=True)
         assert r.ok, r.affected
         assert download_bytes(ctx, "r", b1, tmp_path / "d1") == files
