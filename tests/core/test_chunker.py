@@ -64,7 +64,9 @@ def test_insertion_keeps_later_chunks(seed: int, insert: bytes) -> None:
     old = {key_of(c) for c in before}
     new = [key_of(c) for c in after]
     changed = sum(1 for k in new if k not in old)
-    assert changed <= 4  # a few chunks around the edit; all later ones are shared
+    # A few chunks around the edit (usually 1-3; 5 seen once in thousands of cases: a boundary that
+    # moves into the next chunk's minimum-size skip region moves that one too); all later are shared.
+    assert changed <= 6
     tail_old = [key_of(c) for c in before][-5:]
     assert tail_old == new[-5:]
 
