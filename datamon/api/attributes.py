@@ -388,6 +388,7 @@ def _rows_from_records(
     coerced = {name for name, col in cols.items() if col.type != "string"}
     required = [name for name, col in cols.items() if col.required]
     good_names: set[str] = set()  # column names already checked
+    same: dict[str, str] = {}  # short text values seen: one object each
     out: dict[str, Row] = {}
     for i, rec in enumerate(records, 1):
         if not isinstance(rec, Mapping):
@@ -413,6 +414,8 @@ def _rows_from_records(
             if checked:
                 f = fast.get(k)
                 checked = f is not None and f(v)
+            if type(v) is str and len(v) <= 64:  # a label repeated on many rows is kept once
+                v = same.setdefault(v, v) if len(same) < 1 << 16 else same.get(v, v)
             row[k] = v
         if not checked or any(name not in row for name in required):
             check_row(path, row, schema)
@@ -516,7 +519,8 @@ def encode_attrs(rows: Mapping[str, Row]) -> bytes:
 def encode_attrs_json(rows: Mapping[str, Row]) -> tuple[bytes, dict[str, str]]:
     """``encode_attrs`` and each path's row as ``canonical`` JSON without its path (what the file
     index stores), from one encoding of each row."""
-    paths = sorted((p for p in rows if rows[p]), key=_path_order)
+    # path byte order is code point order: UTF-8 keeps it (and a surrogate fails the encode below)
+    paths = sorted(p for p in rows if rows[p])
     lines: list[str] = []
     by_path: dict[str, str] = {}
     enc = _row_encoder()
@@ -525,7 +529,9 @@ def encode_attrs_json(rows: Mapping[str, Row]) -> tuple[bytes, dict[str, str]]:
         lines.append(line)
         by_path[p] = _without_path(line, p)
     lines.append("")
-    return "\n".join(lines).encode("utf-8"), by_path
+    text = "\n".join(lines)
+    lines.clear()  # a million rows: never the lines, the text and the bytes at once
+    return text.encode("utf-8"), by_path
 
 
 def _without_path(line: str, path: str) -> str:
