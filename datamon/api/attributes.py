@@ -18,7 +18,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -55,6 +55,20 @@ _ENCODER: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure
 def canonical(obj: object) -> str:
     """Compact JSON, sorted keys, no ASCII escaping: the form every stored JSON of this module has."""
     return _ENCODER.encode(obj)  # one encoder for all: json.dumps with options builds one per call
+
+
+def _row_encoder() -> Callable[[Row], str]:
+    """``canonical`` of a row (a dict of scalars), for a million rows: json's C encoder made once
+    (``JSONEncoder.encode`` makes one per call), byte for byte what ``_ENCODER`` writes; plain
+    ``canonical`` where there is no C encoder."""
+    from json import encoder as je
+
+    make, enc_str = getattr(je, "c_make_encoder", None), getattr(je, "c_encode_basestring", None)
+    if make is None or enc_str is None:
+        return _ENCODER.encode
+    c = make({}, _ENCODER.default, enc_str, None, ":", ",", True, False, False)
+    join = "".join
+    return lambda row: join(c(row, 0))
 
 
 # --- schemas ---------------------------------------------------------------------------------------
@@ -341,10 +355,40 @@ def normalize_path(p: object, where: str) -> str:
     return "/".join(parts)
 
 
+def _fast_check(col: Column) -> Callable[[Any], bool]:
+    """A test that is true only of values ``_check_value`` accepts for ``col`` (exact built-in types,
+    the common case): a row whose values all pass it needs no ``check_row``. False is no verdict."""
+    try:
+        values = frozenset(col.values) if col.values is not None else None
+    except TypeError:  # an unhashable listed value: no fast verdict
+        return lambda v: False
+    lo, hi, isfinite = -_INT64, _INT64, math.isfinite
+    kind = col.type
+    if kind == "string":
+        ok = lambda v: type(v) is str  # noqa: E731
+    elif kind == "bool":
+        ok = lambda v: type(v) is bool  # noqa: E731
+    elif kind == "int":
+        ok = lambda v: type(v) is int and lo <= v < hi  # noqa: E731
+    elif kind == "float":
+        ok = lambda v: (type(v) is float and isfinite(v)) or (type(v) is int and lo <= v < hi)  # noqa: E731
+    else:
+        return lambda v: False
+    if values is None:
+        return ok
+    # exact types only: a hashable equal value (1 == True == 1.0) of the column's type is a member
+    return lambda v: ok(v) and v in values
+
+
 def _rows_from_records(
     records: Iterable[Mapping[str, Any]], where: str, schema: Schema | None
 ) -> dict[str, Row]:
     cols = schema.attributes if schema else {}
+    fast = {name: _fast_check(col) for name, col in cols.items()}
+    coerced = {name for name, col in cols.items() if col.type != "string"}
+    required = [name for name, col in cols.items() if col.required]
+    good_names: set[str] = set()  # column names already checked
+    same: dict[str, str] = {}  # short text values seen: one object each
     out: dict[str, Row] = {}
     for i, rec in enumerate(records, 1):
         if not isinstance(rec, Mapping):
@@ -355,18 +399,26 @@ def _rows_from_records(
         if path in out:
             raise UsageError(f"{where}: path {path!r} has two rows", "give each path one row")
         row: Row = {}
+        checked = True  # every value passed its column's fast check
         for k, v in rec.items():
-            if k == "path":
-                continue
-            if not isinstance(k, str) or not 0 < len(k) <= MAX_COLUMN or "\x00" in k:
-                raise UsageError(f"{where}: column name {_shown(k)} is not 1-{MAX_COLUMN} characters")
+            if k not in good_names:
+                if k == "path":
+                    continue
+                if not isinstance(k, str) or not 0 < len(k) <= MAX_COLUMN or "\x00" in k:
+                    raise UsageError(f"{where}: column name {_shown(k)} is not 1-{MAX_COLUMN} characters")
+                good_names.add(k)
             if v is None:
                 continue
-            col = cols.get(k)
-            if isinstance(v, str) and col is not None and col.type != "string":
-                v = _coerce(col.type, v)
+            if k in coerced and isinstance(v, str):
+                v = _coerce(cols[k].type, v)
+            if checked:
+                f = fast.get(k)
+                checked = f is not None and f(v)
+            if type(v) is str and len(v) <= 64:  # a label repeated on many rows is kept once
+                v = same.setdefault(v, v) if len(same) < 1 << 16 else same.get(v, v)
             row[k] = v
-        check_row(path, row, schema)
+        if not checked or any(name not in row for name in required):
+            check_row(path, row, schema)
         out[path] = row
     return out
 
@@ -467,16 +519,19 @@ def encode_attrs(rows: Mapping[str, Row]) -> bytes:
 def encode_attrs_json(rows: Mapping[str, Row]) -> tuple[bytes, dict[str, str]]:
     """``encode_attrs`` and each path's row as ``canonical`` JSON without its path (what the file
     index stores), from one encoding of each row."""
-    paths = sorted((p for p in rows if rows[p]), key=_path_order)
+    # path byte order is code point order: UTF-8 keeps it (and a surrogate fails the encode below)
+    paths = sorted(p for p in rows if rows[p])
     lines: list[str] = []
     by_path: dict[str, str] = {}
-    enc = _ENCODER.encode
+    enc = _row_encoder()
     for p in paths:
         line = enc({**rows[p], "path": p})
         lines.append(line)
         by_path[p] = _without_path(line, p)
     lines.append("")
-    return "\n".join(lines).encode("utf-8"), by_path
+    text = "\n".join(lines)
+    lines.clear()  # a million rows: never the lines, the text and the bytes at once
+    return text.encode("utf-8"), by_path
 
 
 def _without_path(line: str, path: str) -> str:

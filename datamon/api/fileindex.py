@@ -92,6 +92,9 @@ def _attr_trie(rows: Mapping[str, Mapping[str, Any]], row_json: Mapping[str, str
 
 
 _EMPTY_ATTRS: Final = _AttrDir({}, {})
+_NO_FILES: Final[dict[str, str]] = {}
+_NO_DIRS: Final[dict[str, _AttrDir]] = {}
+_DIR: Final = 2  # EntryKind.DIR
 
 
 def _boundary(name: str, level: int) -> bool:
@@ -203,10 +206,6 @@ def _emit_dir(w: _Writer, node_id: bytes, items: list[_Item]) -> None:
     w.add(_node(node_id, items))
 
 
-def _file_row(e: TreeEntry, attrs: str | None) -> IndexFile:
-    return (_text(e.name), int(e.kind), e.size, e.key, e.mode, e.mtime_ns, attrs)
-
-
 def build(
     ctx: Context,
     tree: str,
@@ -243,15 +242,20 @@ def build(
             entries = known if known is not None else cas.read_tree(tkey)
             items = []
             children: list[tuple[bytes, bytes, _AttrDir | None]] = []
-            for e in entries:
-                if e.is_dir:
-                    sub = adir.dirs.get(e.name) if adir is not None else None
-                    cid = dir_node(e.key, sub.digest if sub is not None else _ZERO)
-                    items.append(("d", _text(e.name), cid))
-                    children.append((cid, e.key, sub))
+            afiles = adir.files if adir is not None else _NO_FILES
+            adirs = adir.dirs if adir is not None else _NO_DIRS
+            add = items.append
+            # the hot loop (one pass per file): entries unpacked as tuples (no property per
+            # entry), names needing no escaping (the ASCII ones) taken as they are
+            for name, kind, mode, mtime, size, key, _ in entries:
+                text = name if name.isascii() else _text(name)
+                if kind == _DIR:
+                    sub = adirs.get(name)
+                    cid = dir_node(key, sub.digest if sub is not None else _ZERO)
+                    add(("d", text, cid))
+                    children.append((cid, key, sub))
                 else:
-                    attrs = adir.files.get(e.name) if adir is not None else None
-                    items.append(("f", _text(e.name), _file_row(e, attrs)))
+                    add(("f", text, (text, int(kind), size, key, mode, mtime, afiles.get(name))))
             stack.append((node_id, tkey, adir, items))
             if children:
                 have = meta.present_nodes(list({c[0] for c in children}))

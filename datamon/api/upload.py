@@ -99,43 +99,49 @@ def upload(
     if not message:
         raise UsageError("a bundle needs a message", "pass --message")
     parent_ids = [parent_id(ctx, repo, p) for p in parents] if parents else None
-    extras = attrs.prepare(ctx, repo, meta=bundle_meta, attributes=attributes, parents=parent_ids)
-    t = upload_tree(
-        ctx,
-        path,
-        files=files,
-        skip_on_error=skip_on_error,
-        concurrency=concurrency,
-        progress=progress,
-        check_paths=extras.check_paths if extras.needs_paths else None,
-    )
-    tree_hex, nfiles, nbytes = t.tree, t.files, t.bytes
+    # the attribute rows (a million dicts) live through the whole upload: the collector's
+    # quiet mode (as for the walk) keeps its scans from going over them again and again
+    _quiet_gc()
+    try:
+        extras = attrs.prepare(ctx, repo, meta=bundle_meta, attributes=attributes, parents=parent_ids)
+        t = upload_tree(
+            ctx,
+            path,
+            files=files,
+            skip_on_error=skip_on_error,
+            concurrency=concurrency,
+            progress=progress,
+            check_paths=extras.check_paths if extras.needs_paths else None,
+        )
+        tree_hex, nfiles, nbytes = t.tree, t.files, t.bytes
 
-    from datamon.api.bundles import make_bundle
+        from datamon.api.bundles import make_bundle
 
-    if parent_ids is None:
-        latest = ctx.meta.latest_bundle(repo)
-        parent_ids = [latest.id] if latest else []
-    who = ctx.contributor
-    bundle_meta, attrs_key = extras.finish(ctx, tree_hex, parent_ids)
-    bundle = make_bundle(
-        repo=repo,
-        tree=tree_hex,
-        parents=parent_ids,
-        message=message,
-        contributor_name=who.name,
-        contributor_email=who.email,
-        time_ns=time.time_ns(),
-        file_count=nfiles,
-        total_size=nbytes,
-        meta=bundle_meta,
-        attrs=attrs_key,
-    )
-    if attrs_key is not None:  # a bundle with attributes is indexed before its row is written;
-        from datamon.api.fileindex import index_bundle  # others when first queried (docs/query.md)
+        if parent_ids is None:
+            latest = ctx.meta.latest_bundle(repo)
+            parent_ids = [latest.id] if latest else []
+        who = ctx.contributor
+        bundle_meta, attrs_key = extras.finish(ctx, tree_hex, parent_ids)
+        bundle = make_bundle(
+            repo=repo,
+            tree=tree_hex,
+            parents=parent_ids,
+            message=message,
+            contributor_name=who.name,
+            contributor_email=who.email,
+            time_ns=time.time_ns(),
+            file_count=nfiles,
+            total_size=nbytes,
+            meta=bundle_meta,
+            attrs=attrs_key,
+        )
+        if attrs_key is not None:  # a bundle with attributes is indexed before its row is written;
+            from datamon.api.fileindex import index_bundle  # others when first queried (docs/query.md)
 
-        index_bundle(ctx, bundle, rows=extras.final_rows, row_json=extras.final_json)
-    ctx.meta.add_bundle(bundle)
+            index_bundle(ctx, bundle, rows=extras.final_rows, row_json=extras.final_json)
+        ctx.meta.add_bundle(bundle)
+    finally:
+        _restore_gc()
     if label:
         from datamon.api.labels import set_label
 
