@@ -325,26 +325,7 @@ def _diff_known_step(
     new = _children(ctx, tree)
     for name in sorted(set(old) | set(new)):
         sub = f"{rel}/{name}" if rel else name
-        have, want = old.get(name), new.get(name)
-        if have is not None and want is not None and have.is_dir and want.is_dir:
-            yield Descend(_diff_dir_step(ctx, view, sub, want))
-            continue
-        if have is not None and want is not None and not have.is_dir and not want.is_dir:
-            if not _same(have, want):
-                yield Change("U", sub, have, want)
-            continue
-        if have is not None:
-            if have.is_dir:
-                leaves = list(_local_leaves(view, sub))
-                for p, e in leaves:
-                    yield Change("D", p, e, None)
-                if leaves and leaves[-1][0] != sub + "/":
-                    yield Change("D", sub + "/", have, None)
-            else:
-                yield Change("D", sub, have, None)
-        if want is not None:
-            for p, e in _leaves(ctx, want, sub, view.touched):
-                yield Change("A", p, None, e)
+        yield from _compare_entry(ctx, view, sub, old.get(name), new.get(name))
 
 
 def _diff_local_step(ctx: Context, view: _LocalView, rel: str, tree: TreeEntry) -> Step[Change]:
@@ -359,25 +340,33 @@ def _diff_local_step(ctx: Context, view: _LocalView, rel: str, tree: TreeEntry) 
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
                 continue
             have = _local_entry(view, de, st, want)
-        if have is not None and have.is_dir and want is not None and want.is_dir:
-            yield Descend(_diff_dir_step(ctx, view, sub, want))
-            continue
-        if have is not None and want is not None and not have.is_dir and not want.is_dir:
-            if not _same(have, want):
-                yield Change("U", sub, have, want)
-            continue
-        if have is not None:
-            if have.is_dir:
-                leaves = list(_local_leaves(view, sub))
-                for p, e in leaves:
-                    yield Change("D", p, e, None)
-                if leaves and leaves[-1][0] != sub + "/":
-                    yield Change("D", sub + "/", have, None)  # update removes the directory too
-            else:
-                yield Change("D", sub, have, None)
-        if want is not None:
-            for p, e in _leaves(ctx, want, sub, view.touched):
-                yield Change("A", p, None, e)
+        yield from _compare_entry(ctx, view, sub, have, want)
+
+
+def _compare_entry(
+    ctx: Context, view: _LocalView, sub: str, have: TreeEntry | None, want: TreeEntry | None
+) -> Step[Change]:
+    """The changes at path ``sub`` from the local entry ``have`` to the bundle's ``want``
+    (either may be missing): two directories are compared in turn, two files by content."""
+    if have is not None and want is not None and have.is_dir and want.is_dir:
+        yield Descend(_diff_dir_step(ctx, view, sub, want))
+        return
+    if have is not None and want is not None and not have.is_dir and not want.is_dir:
+        if not _same(have, want):
+            yield Change("U", sub, have, want)
+        return
+    if have is not None:
+        if have.is_dir:
+            leaves = list(_local_leaves(view, sub))
+            for p, e in leaves:
+                yield Change("D", p, e, None)
+            if leaves and leaves[-1][0] != sub + "/":
+                yield Change("D", sub + "/", have, None)  # update removes the directory too
+        else:
+            yield Change("D", sub, have, None)
+    if want is not None:
+        for p, e in _leaves(ctx, want, sub, view.touched):
+            yield Change("A", p, None, e)
 
 
 def _local_leaves(view: _LocalView, rel: str) -> Iterator[tuple[str, TreeEntry]]:
