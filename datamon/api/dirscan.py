@@ -73,6 +73,26 @@ class End:
         self.nfiles = 0  # regular files directly in the directory
         self.nbytes = 0  # their sizes (as listed)
 
+    def to_tuple(self) -> tuple[Any, ...]:
+        """The fields as a plain tuple, for the pipe to the parent (which unpickles no class of
+        this file: a worker loads it under another module name)."""
+        return (
+            self.files_sig,
+            self.same,
+            self.row,
+            self.subdirs,
+            self.links,
+            self.errors,
+            self.nfiles,
+            self.nbytes,
+        )
+
+    @classmethod
+    def from_tuple(cls, t: tuple[Any, ...]) -> End:
+        end = cls()
+        (end.files_sig, end.same, end.row, end.subdirs, end.links, end.errors, end.nfiles, end.nbytes) = t
+        return end
+
 
 _entry_structs: dict[tuple[int, int], struct.Struct] = {}
 
@@ -446,12 +466,7 @@ def worker_main() -> None:
 
     def send(msg: tuple[Any, ...]) -> None:
         if msg[0] == "end":  # End is this file's class, unknown to the parent's unpickler
-            e = msg[2]
-            msg = (
-                "end",
-                msg[1],
-                (e.files_sig, e.same, e.row, e.subdirs, e.links, e.errors, e.nfiles, e.nbytes),
-            )
+            msg = ("end", msg[1], msg[2].to_tuple())
         out.send(msg)
 
     try:

@@ -39,16 +39,6 @@ _BOOT = (
 )
 
 
-def end_to_tuple(end: End) -> tuple[Any, ...]:
-    return (end.files_sig, end.same, end.row, end.subdirs, end.links, end.errors, end.nfiles, end.nbytes)
-
-
-def end_from_tuple(t: tuple[Any, ...]) -> End:
-    end = End()
-    (end.files_sig, end.same, end.row, end.subdirs, end.links, end.errors, end.nfiles, end.nbytes) = t
-    return end
-
-
 class ThreadLister:
     """``list_dir`` jobs on a pool of threads."""
 
@@ -184,7 +174,7 @@ class ProcessLister:
                 w.rss_kib = int(msg[1])
                 return
             if kind == "end":
-                msg = ("end", msg[1], end_from_tuple(msg[2]))
+                msg = ("end", msg[1], End.from_tuple(msg[2]))
             elif kind == "fail":
                 msg = ("fail", msg[1], RuntimeError(f"upload worker failed:\n{msg[2]}"))
             if self._closed:

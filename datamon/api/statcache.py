@@ -37,11 +37,6 @@ def stat_key(st: os.stat_result) -> StatKey:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-def stat_rec(st: os.stat_result) -> bytes:
-    """The 40-byte record the cache keeps of a file's ``lstat``."""
-    return REC.pack(st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
 def rec_key(rec: bytes) -> StatKey:
     _, size, mtime, ctime, ino = REC.unpack(rec)
     return (size, mtime, ctime, ino)
