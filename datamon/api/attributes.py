@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -355,154 +354,6 @@ def normalize_path(p: object, where: str) -> str:
     return "/".join(parts)
 
 
-def _fast_check(col: Column) -> Callable[[Any], bool]:
-    """A test that is true only of values ``_check_value`` accepts for ``col`` (exact built-in types,
-    the common case): a row whose values all pass it needs no ``check_row``. False is no verdict."""
-    try:
-        values = frozenset(col.values) if col.values is not None else None
-    except TypeError:  # an unhashable listed value: no fast verdict
-        return lambda v: False
-    lo, hi, isfinite = -_INT64, _INT64, math.isfinite
-    kind = col.type
-    if kind == "string":
-        ok = lambda v: type(v) is str  # noqa: E731
-    elif kind == "bool":
-        ok = lambda v: type(v) is bool  # noqa: E731
-    elif kind == "int":
-        ok = lambda v: type(v) is int and lo <= v < hi  # noqa: E731
-    elif kind == "float":
-        ok = lambda v: (type(v) is float and isfinite(v)) or (type(v) is int and lo <= v < hi)  # noqa: E731
-    else:
-        return lambda v: False
-    if values is None:
-        return ok
-    # exact types only: a hashable equal value (1 == True == 1.0) of the column's type is a member
-    return lambda v: ok(v) and v in values
-
-
-def _rows_from_records(
-    records: Iterable[Mapping[str, Any]], where: str, schema: Schema | None
-) -> dict[str, Row]:
-    cols = schema.attributes if schema else {}
-    fast = {name: _fast_check(col) for name, col in cols.items()}
-    coerced = {name for name, col in cols.items() if col.type != "string"}
-    required = [name for name, col in cols.items() if col.required]
-    good_names: set[str] = set()  # column names already checked
-    same: dict[str, str] = {}  # short text values seen: one object each
-    out: dict[str, Row] = {}
-    for i, rec in enumerate(records, 1):
-        if not isinstance(rec, Mapping):
-            raise UsageError(f"{where} row {i}: not an object")
-        if "path" not in rec:
-            raise UsageError(f"{where} row {i}: no path column", "every row needs a 'path'")
-        path = normalize_path(rec["path"], f"{where} row {i}")
-        if path in out:
-            raise UsageError(f"{where}: path {path!r} has two rows", "give each path one row")
-        row: Row = {}
-        checked = True  # every value passed its column's fast check
-        for k, v in rec.items():
-            if k not in good_names:
-                if k == "path":
-                    continue
-                if not isinstance(k, str) or not 0 < len(k) <= MAX_COLUMN or "\x00" in k:
-                    raise UsageError(f"{where}: column name {_shown(k)} is not 1-{MAX_COLUMN} characters")
-                good_names.add(k)
-            if v is None:
-                continue
-            if k in coerced and isinstance(v, str):
-                v = _coerce(cols[k].type, v)
-            if checked:
-                f = fast.get(k)
-                checked = f is not None and f(v)
-            if type(v) is str and len(v) <= 64:  # a label repeated on many rows is kept once
-                v = same.setdefault(v, v) if len(same) < 1 << 16 else same.get(v, v)
-            row[k] = v
-        if not checked or any(name not in row for name in required):
-            check_row(path, row, schema)
-        out[path] = row
-    return out
-
-
-def _csv_records(path: str, schema: Schema | None) -> Iterator[dict[str, Any]]:
-    import csv
-
-    cols = schema.attributes if schema else {}
-    with open(path, encoding="utf-8", newline="") as f:
-        for rec in csv.DictReader(f):
-            if None in rec:
-                raise UsageError(f"{path}: a row has more cells than the header")
-            out: dict[str, Any] = {}
-            for k, v in rec.items():
-                if k == "path" or v is None:
-                    out[k] = v
-                elif v == "":
-                    out[k] = None
-                elif k in cols:
-                    out[k] = v if cols[k].type == "string" else _coerce(cols[k].type, v)
-                else:
-                    out[k] = _infer(v)
-            yield out
-
-
-def _jsonl_records(path: str) -> Iterator[Any]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield _DECODER.decode(line)
-            except (ValueError, RecursionError) as e:
-                raise UsageError(f"{path} line {n} is not JSON: {str(e)[:80]}") from None
-
-
-def _parquet_records(path: str) -> Iterator[dict[str, Any]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise UsageError("reading Parquet needs pyarrow", "pip install pyarrow") from None
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises its own errors for bad files
-        raise UsageError(f"cannot read {path} as Parquet: {str(e)[:120]}") from None
-    for batch in table.to_batches():
-        yield from batch.to_pylist()
-
-
-def read_attributes(source: Any, schema: Schema | None = None) -> dict[str, Row]:
-    """Attribute rows by path from a file (JSON Lines ``.jsonl``/``.ndjson``/``.json``, ``.csv``,
-    ``.parquet``), a mapping path -> row, or an iterable of rows with a ``path`` key (a pandas
-    DataFrame too). Checked against ``schema``; ``UsageError`` names the path, column and value."""
-    if isinstance(source, str | os.PathLike):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise UsageError(f"attributes file {path!r} does not exist")
-        ext = path.lower().rsplit(".", 1)[-1]
-        try:
-            if ext in ("jsonl", "ndjson", "json"):
-                return _rows_from_records(_jsonl_records(path), path, schema)
-            if ext == "csv":
-                return _rows_from_records(_csv_records(path, schema), path, schema)
-            if ext in ("parquet", "pq"):
-                return _rows_from_records(_parquet_records(path), path, schema)
-        except UnicodeDecodeError:
-            raise UsageError(f"{path} is not UTF-8 text") from None
-        except OSError as e:
-            raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-        raise UsageError(f"attributes file {path!r}: unknown format", "name it .jsonl, .csv or .parquet")
-    if hasattr(source, "to_dict") and hasattr(source, "columns"):  # a pandas DataFrame
-        records = source.to_dict("records")
-        return _rows_from_records(
-            ({k: (None if _is_nan(v) else v) for k, v in r.items()} for r in records), "attributes", schema
-        )
-    if isinstance(source, Mapping):
-        return _rows_from_records(({**dict(v), "path": k} for k, v in source.items()), "attributes", schema)
-    return _rows_from_records(source, "attributes", schema)
-
-
-def _is_nan(v: object) -> bool:
-    return isinstance(v, float) and math.isnan(v)
-
-
 # --- the attributes object ---------------------------------------------------------------------
 
 
@@ -513,31 +364,41 @@ def _path_order(p: str) -> bytes:
 def encode_attrs(rows: Mapping[str, Row]) -> bytes:
     """The canonical attributes object: one line per path with a non-empty row, in path byte order,
     each ``{"path": ..., column: value, ...}`` in compact sorted JSON, ending in a newline."""
-    return encode_attrs_json(rows)[0]
+    return encode_attr_lines(lines_of_rows(rows))
 
 
-def encode_attrs_json(rows: Mapping[str, Row]) -> tuple[bytes, dict[str, str]]:
-    """``encode_attrs`` and each path's row as ``canonical`` JSON without its path (what the file
-    index stores), from one encoding of each row."""
-    # path byte order is code point order: UTF-8 keeps it (and a surrogate fails the encode below)
-    paths = sorted(p for p in rows if rows[p])
-    lines: list[str] = []
-    by_path: dict[str, str] = {}
+def line_of(path: str, row: Row) -> str:
+    """The object line of ``row`` at ``path`` (``""`` for an empty row: no line)."""
+    return _ENCODER.encode({**row, "path": path}) if row else ""
+
+
+def lines_of_rows(rows: Mapping[str, Row]) -> dict[str, str]:
     enc = _row_encoder()
-    for p in paths:
-        line = enc({**rows[p], "path": p})
-        lines.append(line)
-        by_path[p] = _without_path(line, p)
-    lines.append("")
-    text = "\n".join(lines)
-    lines.clear()  # a million rows: never the lines, the text and the bytes at once
-    return text.encode("utf-8"), by_path
+    return {p: enc({**r, "path": p}) if r else "" for p, r in rows.items()}
 
 
-def _without_path(line: str, path: str) -> str:
+def row_of_line(line: str) -> Row:
+    """The row (without its path) of an object line (``{}`` for ``""``)."""
+    if not line:
+        return {}
+    d: Row = _DECODER.decode(line)
+    d.pop("path", None)
+    return d
+
+
+def encode_attr_lines(lines: Mapping[str, str]) -> bytes:
+    """``encode_attrs`` of rows given as their object lines (``line_of``; ``""`` lines are left out)."""
+    # path byte order is code point order: UTF-8 keeps it (and a surrogate fails the encode below)
+    paths = sorted(p for p, line in lines.items() if line)
+    text = "\n".join([lines[p] for p in paths])
+    return (text + "\n").encode("utf-8") if paths else b""
+
+
+def without_path(line: str, path: str) -> str:
     """``line`` (canonical JSON of a row with ``path``, and at least one other column) without its
-    path member. In compact JSON a comma followed by an unescaped quote only ever starts a member
-    (quotes inside strings are escaped), so the first ``,"path":`` is the member."""
+    path member: the row's canonical JSON, what the file index stores. In compact JSON a comma
+    followed by an unescaped quote only ever starts a member (quotes inside strings are escaped),
+    so the first ``,"path":`` is the member."""
     member = '"path":' + _ENCODER.encode(path)
     if line.startswith("{" + member + ","):
         return "{" + line[len(member) + 2 :]
@@ -545,11 +406,19 @@ def _without_path(line: str, path: str) -> str:
     return line[:i] + line[i + len(member) + 1 :]
 
 
-def decode_attrs(raw: bytes, key: str = "") -> dict[str, Row]:
-    """The rows of an attributes object, refusing (``IntegrityError``) anything an honest writer
-    would not write: not UTF-8, a line that is not canonical JSON, a bad path, a non-scalar value,
-    paths not strictly increasing."""
+def decode_attr_lines(raw: bytes, key: str = "") -> dict[str, str]:
+    """The lines of an attributes object by path, refusing (``IntegrityError``) anything an honest
+    writer would not write: not UTF-8, a line that is not canonical JSON, a bad path, a non-scalar
+    value, paths not strictly increasing."""
+    return {path: line for path, line, _ in _decoded(raw, key)}
 
+
+def decode_attrs(raw: bytes, key: str = "") -> dict[str, Row]:
+    """The rows of an attributes object (``decode_attr_lines``, decoded)."""
+    return {path: row for path, _, row in _decoded(raw, key)}
+
+
+def _decoded(raw: bytes, key: str) -> Iterator[tuple[str, str, Row]]:
     def bad(why: str) -> IntegrityError:
         return IntegrityError(
             f"attributes object {key or '(unknown)'} is damaged ({why})",
@@ -562,8 +431,8 @@ def decode_attrs(raw: bytes, key: str = "") -> dict[str, Row]:
         raise bad("not UTF-8") from None
     if text and not text.endswith("\n"):
         raise bad("no final newline")
-    out: dict[str, Row] = {}
     last = b""
+    enc = _row_encoder()
     for n, line in enumerate(text.split("\n")[:-1], 1):
         try:
             d = _DECODER.decode(line)
@@ -571,35 +440,43 @@ def decode_attrs(raw: bytes, key: str = "") -> dict[str, Row]:
             raise bad(f"line {n} is not JSON") from None
         if not isinstance(d, dict) or not isinstance(d.get("path"), str) or len(d) < 2:
             raise bad(f"line {n} is not a row")
-        path = d.pop("path")
+        path = d["path"]
         try:
             if normalize_path(path, "") != path:
                 raise bad(f"line {n}: path is not normal")
+            if enc(d) != line:
+                raise bad(f"line {n} is not canonical")
+            del d["path"]
             check_row(path, d, None)
         except UsageError as e:
             raise bad(f"line {n}: {e.message}") from None
-        if canonical({**d, "path": path}) != line:
-            raise bad(f"line {n} is not canonical")
         order = _path_order(path)
         if order <= last and n > 1:
             raise bad(f"line {n}: paths out of order")
         last = order
-        out[path] = d
-    return out
+        yield path, line, d
 
 
-def store_attrs(ctx: Context, rows: Mapping[str, Row], row_json: dict[str, str] | None = None) -> str | None:
+def store_attrs(ctx: Context, rows: Mapping[str, Row]) -> str | None:
     """Write the attributes object of ``rows`` (if not there yet); its key (hex), or ``None``
-    when there is no row. ``row_json`` (if given) receives each path's row as ``canonical`` JSON."""
+    when there is no row."""
+    return store_attr_lines(ctx, lines_of_rows(rows))
+
+
+def store_attr_lines(ctx: Context, lines: Mapping[str, str]) -> str | None:
+    """``store_attrs`` of rows given as their object lines (``line_of``)."""
+    raw = encode_attr_lines(lines)
+    if not raw:
+        return None
+    return put_attrs(ctx, raw)
+
+
+def put_attrs(ctx: Context, raw: bytes) -> str:
+    """Store the encoded attributes object ``raw`` (if not there yet); its key (hex)."""
     import zstandard
 
     from datamon.cas.hashing import key_of
 
-    raw, by_path = encode_attrs_json(rows)
-    if row_json is not None:
-        row_json.update(by_path)
-    if not raw:
-        return None
     if len(raw) > MAX_ATTRS_BYTES:
         raise UsageError(f"the attributes are {len(raw)} bytes encoded, more than {MAX_ATTRS_BYTES}")
     key = key_of(raw).hex()
@@ -706,28 +583,40 @@ def unchanged_files(ctx: Context, old_tree: str, new_tree: str, paths: Iterable[
 @dataclass
 class Extras:
     """Meta and attributes of a bundle being made. ``prepare`` checks everything that can be
-    checked before a byte is written; ``finish`` carries rows over and stores the object."""
+    checked before a byte is written; ``finish`` carries rows over and stores the object.
+    Rows are kept as their object lines (``line_of``: canonical JSON with the path; ``""`` for
+    a row with no value), a million of them in a few hundred MiB."""
 
     repo: str
     meta: dict[str, Any]
-    rows: dict[str, Row] | None  # new rows (None: no attributes given)
+    lines: dict[str, str] | None  # new rows (None: no attributes given)
     schema: Schema | None
     parent: BundleRecord | None = None
-    parent_rows: dict[str, Row] = field(default_factory=dict)
-    final_rows: dict[str, Row] = field(default_factory=dict)  # the bundle's rows, once ``finish`` ran
-    final_json: dict[str, str] = field(default_factory=dict)  # and each as ``canonical`` JSON
+    parent_lines: dict[str, str] = field(default_factory=dict)
+    final_lines: dict[str, str] = field(default_factory=dict)  # the bundle's rows, once ``finish`` ran
+    carried: int = 0  # rows ``finish`` carried over from the parent
 
     @property
     def needs_paths(self) -> bool:
-        """Whether ``check_paths`` has anything to check (else an upload skips listing its paths)."""
-        return bool(self.rows) or (self.schema is not None and bool(self.parent_rows))
+        """Whether ``check_paths`` has anything to check (else an upload skips it)."""
+        return bool(self.lines) or (self.schema is not None and bool(self.parent_lines))
 
-    def check_paths(self, paths: Iterable[str]) -> None:
+    @property
+    def final_known(self) -> bool:
+        """Whether the bundle's rows are known before the walk: new rows for every path the
+        parent has rows for (nothing can be carried over), so an upload may index its
+        directories as it walks them (``api/walkindex.py``)."""
+        if not self.lines:
+            return False
+        new = self.lines
+        return all(p in new for p in self.parent_lines)
+
+    def check_paths(self, missing_of: Callable[[Iterable[str]], set[str]]) -> None:
         """Refuse rows for paths that are not files of the upload (exit 1, naming the first few),
-        and check the parent rows that may be carried over against the schema in force."""
-        present = set(paths)
-        if self.rows:
-            missing = sorted(p for p in self.rows if p not in present)
+        and check the parent rows that may be carried over against the schema in force.
+        ``missing_of(paths)`` is the set of those ``paths`` that are not files of the upload."""
+        if self.lines:
+            missing = sorted(missing_of(self.lines))
             if missing:
                 more = f" and {len(missing) - _SHOW} more" if len(missing) > _SHOW else ""
                 raise UsageError(
@@ -736,30 +625,43 @@ class Extras:
                     + more,
                     "paths are relative to --path, '/'-separated",
                 )
-        if self.schema is not None:
-            for p, row in self.parent_rows.items():
-                if p in present and (self.rows is None or p not in self.rows):
-                    check_row(p, row, self.schema)
+        if self.schema is not None and self.parent_lines:
+            new = self.lines or {}
+            candidates = [p for p in self.parent_lines if p not in new]
+            gone = missing_of(candidates)
+            for p in candidates:
+                if p not in gone:
+                    check_row(p, row_of_line(self.parent_lines[p]), self.schema)
 
     def finish(self, ctx: Context, tree: str, parents: Sequence[str]) -> tuple[dict[str, Any], str | None]:
         """(meta, attributes key) for the bundle with root ``tree`` and ``parents``."""
-        rows: dict[str, Row] = {}
+        lines: dict[str, str] = {}
         parent = self.parent
         if parents and (parent is None or parent.id != parents[0]):
             parent = ctx.meta.find_bundle(parents[0])
-            self.parent_rows = bundle_attrs(ctx, parent) if parent is not None else {}
+            self.parent_lines = _bundle_lines(ctx, parent) if parent is not None else {}
         if not parents:
-            parent, self.parent_rows = None, {}
-        if parent is not None and self.parent_rows:
-            candidates = [p for p in self.parent_rows if self.rows is None or p not in self.rows]
+            parent, self.parent_lines = None, {}
+        self.carried = 0
+        if parent is not None and self.parent_lines:
+            new = self.lines or {}
+            candidates = [p for p in self.parent_lines if p not in new]
             for p in unchanged_files(ctx, parent.tree, tree, candidates):
-                rows[p] = self.parent_rows[p]
+                lines[p] = self.parent_lines[p]
                 if self.schema is not None:
-                    check_row(p, rows[p], self.schema)
-        if self.rows:
-            rows.update(self.rows)
-        self.final_rows = rows
-        return self.meta, store_attrs(ctx, rows, self.final_json) if rows else None
+                    check_row(p, row_of_line(lines[p]), self.schema)
+            self.carried = len(lines)
+        if self.lines:
+            if lines:
+                lines.update(self.lines)
+            else:
+                lines = self.lines  # nothing carried: the new rows as they are (no copy)
+        self.final_lines = lines
+        return self.meta, store_attr_lines(ctx, lines) if lines else None
+
+
+def _bundle_lines(ctx: Context, b: BundleRecord) -> dict[str, str]:
+    return decode_attr_lines(read_attrs(ctx, b.attrs), b.attrs) if b.attrs else {}
 
 
 def prepare(
@@ -772,9 +674,11 @@ def prepare(
 ) -> Extras:
     """Read and check ``meta`` and ``attributes`` against the repo's schema, and load the rows
     of the parent (``parents[0]``, else the latest bundle) that may be carried over."""
+    from datamon.api.attrfiles import read_attr_lines
+
     schema = load_schema(ctx, repo)
     m = check_meta(meta, schema)
-    rows = read_attributes(attributes, schema) if attributes is not None else None
+    lines = read_attr_lines(attributes, schema) if attributes is not None else None
     parent = ctx.meta.find_bundle(parents[0]) if parents else ctx.meta.latest_bundle(repo)
-    parent_rows = bundle_attrs(ctx, parent) if parent is not None else {}
-    return Extras(repo, m, rows, schema, parent, parent_rows)
+    parent_lines = _bundle_lines(ctx, parent) if parent is not None else {}
+    return Extras(repo, m, lines, schema, parent, parent_lines)

@@ -63,17 +63,20 @@ class _AttrDir:
     digest: bytes = _ZERO
 
 
-def _attr_trie(rows: Mapping[str, Mapping[str, Any]], row_json: Mapping[str, str] | None = None) -> _AttrDir:
-    from datamon.api.attributes import canonical
-
+def _attr_trie(texts: Mapping[str, str]) -> _AttrDir:
+    """The attributes of a bundle as a trie of directories, each with its digest, from ``texts``
+    (path -> the row's canonical JSON without its path; rows with no value left out)."""
     top = _AttrDir({}, {})
-    for path, row in rows.items():
-        parts = path.split("/")
-        d = top
-        for p in parts[:-1]:
-            d = d.dirs.setdefault(p, _AttrDir({}, {}))
-        text = row_json.get(path) if row_json is not None else None
-        d.files[parts[-1]] = text if text is not None else canonical(row)
+    dirs: dict[str, _AttrDir] = {"": top}
+    for path, text in texts.items():
+        parent, _, name = path.rpartition("/")
+        d = dirs.get(parent)
+        if d is None:
+            d = top
+            for p in parent.split("/"):
+                d = d.dirs.setdefault(p, _AttrDir({}, {}))
+            dirs[parent] = d
+        d.files[name] = text
     # digests bottom-up, explicit stack
     order: list[_AttrDir] = []
     stack = [top]
@@ -91,7 +94,6 @@ def _attr_trie(rows: Mapping[str, Mapping[str, Any]], row_json: Mapping[str, str
     return top
 
 
-_EMPTY_ATTRS: Final = _AttrDir({}, {})
 _NO_FILES: Final[dict[str, str]] = {}
 _NO_DIRS: Final[dict[str, _AttrDir]] = {}
 _DIR: Final = 2  # EntryKind.DIR
@@ -209,83 +211,111 @@ def _emit_dir(w: _Writer, node_id: bytes, items: list[_Item]) -> None:
 def build(
     ctx: Context,
     tree: str,
-    rows: Mapping[str, Mapping[str, Any]],
+    texts: Mapping[str, str],
     trees: Mapping[bytes, list[TreeEntry]] | None = None,
-    row_json: Mapping[str, str] | None = None,
 ) -> bytes:
-    """Index the tree ``tree`` (hex) with attribute ``rows``; returns the root node id. Directories
-    already indexed with the same attributes are not read. ``trees`` (key -> entries in tree
-    order) are trees the caller just encoded itself: they are not read back from the store;
-    ``row_json`` (path -> ``canonical`` JSON of its row) saves encoding rows again."""
-    trie = _attr_trie(rows, row_json) if rows else _EMPTY_ATTRS
+    """Index the tree ``tree`` (hex) with attributes ``texts`` (path -> the row's canonical JSON
+    without its path); returns the root node id. Directories already indexed with the same
+    attributes are not read. ``trees`` (key -> entries in tree order) are trees the caller just
+    encoded itself: they are not read back from the store."""
+    trie = _attr_trie(texts) if texts else None
     root_tree = bytes.fromhex(tree)
-    root = dir_node(root_tree, trie.digest if rows else _ZERO)
+    root = dir_node(root_tree, trie.digest if trie is not None else _ZERO)
     meta = ctx.meta
     if meta.present_nodes([root]):
         meta.touch_index_nodes([root])  # shared: gc keeps it (and what it reaches) a grace period more
         return root
-    cas = ctx.cas
     w = _Writer(ctx)
     try:
-        # post-order walk: (node id, tree key, attrs of this directory, items or None before expansion)
-        stack: list[tuple[bytes, bytes, _AttrDir | None, list[_Item] | None]] = [
-            (root, root_tree, trie if rows else None, None)
-        ]
-        emitted: set[bytes] = set()  # skipping a child only once it is written keeps children first
-        while stack:
-            node_id, tkey, adir, items = stack.pop()
-            if items is not None:
-                _emit_dir(w, node_id, items)
-                emitted.add(node_id)
-                continue
-            known = trees.get(tkey) if trees is not None else None
-            entries = known if known is not None else cas.read_tree(tkey)
-            items = []
-            children: list[tuple[bytes, bytes, _AttrDir | None]] = []
-            afiles = adir.files if adir is not None else _NO_FILES
-            adirs = adir.dirs if adir is not None else _NO_DIRS
-            add = items.append
-            # the hot loop (one pass per file): entries unpacked as tuples (no property per
-            # entry), names needing no escaping (the ASCII ones) taken as they are
-            for name, kind, mode, mtime, size, key, _ in entries:
-                text = name if name.isascii() else _text(name)
-                if kind == _DIR:
-                    sub = adirs.get(name)
-                    cid = dir_node(key, sub.digest if sub is not None else _ZERO)
-                    add(("d", text, cid))
-                    children.append((cid, key, sub))
-                else:
-                    add(("f", text, (text, int(kind), size, key, mode, mtime, afiles.get(name))))
-            stack.append((node_id, tkey, adir, items))
-            if children:
-                have = meta.present_nodes(list({c[0] for c in children}))
-                if have:
-                    meta.touch_index_nodes(have)
-                for cid, ckey, sub in reversed(children):
-                    if cid not in have and cid not in emitted:
-                        stack.append((cid, ckey, sub, None))
+        index_tree(ctx, w, root, root_tree, trie, set(), trees)
         w.flush()
     finally:
         w.close()
     return root
 
 
+def index_tree(
+    ctx: Context,
+    w: _Writer,
+    root: bytes,
+    root_tree: bytes,
+    adir: _AttrDir | None,
+    emitted: set[bytes],
+    trees: Mapping[bytes, list[TreeEntry]] | None = None,
+) -> None:
+    """Write node ``root`` (of tree ``root_tree`` with attributes ``adir``) and every node below it
+    that is not in the index yet nor in ``emitted`` (nodes this writer already has, which it
+    grows), children first, reading trees from the store (or ``trees``)."""
+    meta = ctx.meta
+    cas = ctx.cas
+    # post-order walk: (node id, tree key, attrs of this directory, items or None before expansion)
+    stack: list[tuple[bytes, bytes, _AttrDir | None, list[_Item] | None]] = [(root, root_tree, adir, None)]
+    while stack:
+        node_id, tkey, adir, items = stack.pop()
+        if items is not None:
+            _emit_dir(w, node_id, items)
+            emitted.add(node_id)
+            continue
+        known = trees.get(tkey) if trees is not None else None
+        entries = known if known is not None else cas.read_tree(tkey)
+        items = []
+        children: list[tuple[bytes, bytes, _AttrDir | None]] = []
+        afiles = adir.files if adir is not None else _NO_FILES
+        adirs = adir.dirs if adir is not None else _NO_DIRS
+        add = items.append
+        # the hot loop (one pass per file): entries unpacked as tuples (no property per
+        # entry), names needing no escaping (the ASCII ones) taken as they are
+        for name, kind, mode, mtime, size, key, _ in entries:
+            text = name if name.isascii() else _text(name)
+            if kind == _DIR:
+                sub = adirs.get(name)
+                cid = dir_node(key, sub.digest if sub is not None else _ZERO)
+                add(("d", text, cid))
+                children.append((cid, key, sub))
+            else:
+                add(("f", text, (text, int(kind), size, key, mode, mtime, afiles.get(name))))
+        stack.append((node_id, tkey, adir, items))
+        if children:
+            have = meta.present_nodes(list({c[0] for c in children}))
+            if have:
+                meta.touch_index_nodes(have)
+            for cid, ckey, sub in reversed(children):
+                if cid not in have and cid not in emitted:
+                    stack.append((cid, ckey, sub, None))
+
+
 def index_bundle(
     ctx: Context,
     b: BundleRecord,
     *,
-    rows: Mapping[str, Mapping[str, Any]] | None = None,
+    texts: Mapping[str, str] | None = None,
     trees: Mapping[bytes, list[TreeEntry]] | None = None,
-    row_json: Mapping[str, str] | None = None,
 ) -> bytes:
-    """Index bundle ``b`` (its tree and attributes) and record its root node. ``rows`` are its
-    attribute rows when the caller has them (they are the rows of ``b.attrs``: the object is then
-    not read back); ``trees`` and ``row_json`` as for ``build``."""
-    from datamon.api.attributes import bundle_attrs
-
-    node = build(ctx, b.tree, bundle_attrs(ctx, b) if rows is None else rows, trees, row_json)
+    """Index bundle ``b`` (its tree and attributes) and record its root node. ``texts`` are its
+    attributes (path -> canonical JSON of the row without its path) when the caller has them
+    (they are those of ``b.attrs``: the object is then not read back); ``trees`` as for ``build``."""
+    if texts is None:
+        texts = bundle_texts(ctx, b)
+    node = build(ctx, b.tree, texts, trees)
     ctx.meta.set_bundle_index(b.id, node)
     return node
+
+
+def bundle_texts(ctx: Context, b: BundleRecord) -> dict[str, str]:
+    """Bundle ``b``'s attributes as the index stores them: path -> the row's canonical JSON
+    without its path (verified against the object's key, ``IntegrityError`` else)."""
+    from datamon.api.attributes import decode_attr_lines, read_attrs
+
+    if not b.attrs:
+        return {}
+    return texts_of(decode_attr_lines(read_attrs(ctx, b.attrs), b.attrs))
+
+
+def texts_of(lines: Mapping[str, str]) -> dict[str, str]:
+    """Object lines by path (``""``: no row) as the index's texts."""
+    from datamon.api.attributes import without_path
+
+    return {p: without_path(line, p) for p, line in lines.items() if line}
 
 
 def index_missing(ctx: Context) -> list[str]:

@@ -311,7 +311,7 @@ def slice_bundle(
         meta=bundle_meta,
         attrs=attrs_key,
     )
-    index_bundle(ctx, new, rows=rows_out, trees=trees)
+    index_bundle(ctx, new, texts={p: attrs.canonical(r) for p, r in rows_out.items() if r}, trees=trees)
     ctx.meta.add_bundle(new)
     if new_label:
         from datamon.api.labels import set_label

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import gc
 import os
+import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,7 @@ from datamon.errors import UsageError
 
 if TYPE_CHECKING:
     from datamon.api.context import Context
+    from datamon.api.walkindex import WalkIndexer
     from datamon.meta.records import BundleRecord
 
 
@@ -102,8 +104,15 @@ def upload(
     # the attribute rows (a million dicts) live through the whole upload: the collector's
     # quiet mode (as for the walk) keeps its scans from going over them again and again
     _quiet_gc()
+    indexer: WalkIndexer | None = None
     try:
         extras = attrs.prepare(ctx, repo, meta=bundle_meta, attributes=attributes, parents=parent_ids)
+        if extras.final_known and files is None and not _is_remote(path):
+            # every row is known before the walk: index each directory as the walk finishes it
+            from datamon.api.fileindex import texts_of
+            from datamon.api.walkindex import WalkIndexer
+
+            indexer = WalkIndexer(ctx, check_root(path), texts_of(extras.lines or {}))
         t = upload_tree(
             ctx,
             path,
@@ -112,6 +121,7 @@ def upload(
             concurrency=concurrency,
             progress=progress,
             check_paths=extras.check_paths if extras.needs_paths else None,
+            indexer=indexer,
         )
         tree_hex, nfiles, nbytes = t.tree, t.files, t.bytes
 
@@ -136,11 +146,17 @@ def upload(
             attrs=attrs_key,
         )
         if attrs_key is not None:  # a bundle with attributes is indexed before its row is written;
-            from datamon.api.fileindex import index_bundle  # others when first queried (docs/query.md)
+            # others when first queried (docs/query.md)
+            if indexer is not None and not extras.carried:
+                ctx.meta.set_bundle_index(bundle.id, indexer.finish())
+            else:  # rows were carried over after all (a new latest bundle): index from the rows
+                from datamon.api.fileindex import index_bundle, texts_of
 
-            index_bundle(ctx, bundle, rows=extras.final_rows, row_json=extras.final_json)
+                index_bundle(ctx, bundle, texts=texts_of(extras.final_lines))
         ctx.meta.add_bundle(bundle)
     finally:
+        if indexer is not None:
+            indexer.close()
         _restore_gc()
     if label:
         from datamon.api.labels import set_label
@@ -182,13 +198,16 @@ def upload_tree(
     skip_on_error: bool = False,
     concurrency: int | None = None,
     progress: Progress | None = None,
-    check_paths: Callable[[Iterable[str]], None] | None = None,
+    check_paths: Callable[[Callable[[Iterable[str]], set[str]]], None] | None = None,
+    indexer: WalkIndexer | None = None,
 ) -> TreeUpload:
     """Store directory ``path`` (or only ``files`` under it) in the content store and return its
     root tree: everything a bundle needs except the bundle. ``upload`` and diamond splits use it.
     Everything it writes is content-addressed, so an interrupted call leaves only objects that a
     rerun deduplicates against (and ``gc`` removes if nothing ever references them).
-    ``check_paths`` sees every file's bundle path before anything is written (and may raise)."""
+    ``check_paths`` is called before anything is written (and may raise) with a function that
+    tells which of the bundle paths it is given are not files of the upload. ``indexer`` (if
+    given) indexes each directory as the walk finishes it (``api/walkindex.py``)."""
     from datamon.api.remotesrc import is_remote
 
     if is_remote(path):  # s3://, gs://: streamed from the object store (api/remotesrc.py)
@@ -206,7 +225,7 @@ def upload_tree(
     errors = _Errors(skip_on_error)
     local_top = scan_listed(root, list(files), errors) if files is not None else None
     if check_paths is not None:
-        check_paths(_bundle_paths(root, local_top))
+        check_paths(_missing_of(root, local_top))
     progress = progress or NoProgress()
     progress.start(0, 0)
 
@@ -221,15 +240,37 @@ def upload_tree(
     try:
         with cas.writing(concurrency=workers) as ing:
             walk = _Walk(
-                ctx, ing, statcache, root, local_top, errors, workers, progress, scope, use_dirs=True
+                ctx,
+                ing,
+                statcache,
+                root,
+                local_top,
+                errors,
+                workers,
+                progress,
+                scope,
+                use_dirs=True,
+                indexer=indexer,
             )
             try:
                 tree_key, nfiles, nbytes = walk.run()
             except _Restart:
                 errors.skipped.clear()
                 first = walk
+                if indexer is not None:
+                    indexer.restart()
                 walk = _Walk(
-                    ctx, ing, statcache, root, local_top, errors, workers, progress, scope, use_dirs=False
+                    ctx,
+                    ing,
+                    statcache,
+                    root,
+                    local_top,
+                    errors,
+                    workers,
+                    progress,
+                    scope,
+                    use_dirs=False,
+                    indexer=indexer,
                 )
                 walk.new_bytes = first.new_bytes
                 tree_key, nfiles, nbytes = walk.run()
@@ -253,30 +294,67 @@ def upload_tree(
     )
 
 
-def _bundle_paths(root: str, local_top: LocalDir | None) -> Iterator[str]:
-    """The bundle paths of the files an upload of ``root`` will hold, listed before anything is
-    read (only when attributes or a schema need them: it is one more pass over the directories)."""
+def _missing_of(root: str, local_top: LocalDir | None) -> Callable[[Iterable[str]], set[str]]:
+    """A function telling which of the bundle paths it is given are not files an upload of
+    ``root`` (or of the files listed in ``local_top``) will hold, looked at before anything is
+    read (only when attributes or a schema need it)."""
     if local_top is not None:
-        for f in local_top.iter_files():
-            yield os.path.relpath(f.path, root).replace(os.sep, "/")
-        return
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        try:
-            it = os.scandir(os.path.join(root, rel) if rel else root)
-        except OSError:
-            continue  # the walk reports it (or skips it with --skip-on-error)
-        with it:
-            for e in it:
-                name = f"{rel}/{e.name}" if rel else e.name
+        present = {os.path.relpath(f.path, root).replace(os.sep, "/") for f in local_top.iter_files()}
+        return lambda paths: {p for p in paths if p not in present}
+    return lambda paths: _missing_files(root, paths)
+
+
+def _missing_files(root: str, paths: Iterable[str]) -> set[str]:
+    """Those of ``paths`` that are not regular files the walk of ``root`` reaches: each directory
+    they name is checked to be a directory reached without a symlink, and listed once."""
+    by_dir: dict[str, list[str]] = {}
+    for p in paths:
+        d, _, name = p.rpartition("/")
+        names = by_dir.get(d)
+        if names is None:
+            by_dir[d] = [name]
+        else:
+            names.append(name)
+    real: dict[str, bool] = {"": True}  # relative directory -> a real directory, no symlink above
+
+    def is_real(d: str) -> bool:
+        todo: list[str] = []
+        while d not in real:
+            todo.append(d)
+            d = d.rpartition("/")[0]
+        ok = real[d]
+        for sub in reversed(todo):
+            if ok:
                 try:
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append(name)
-                    elif e.is_file(follow_symlinks=False):
-                        yield name
-                except OSError:
-                    continue
+                    ok = stat.S_ISDIR(os.lstat(os.path.join(root, sub)).st_mode)
+                except (OSError, ValueError):
+                    ok = False
+            real[sub] = ok
+        return ok
+
+    missing: set[str] = set()
+    for d, names in by_dir.items():
+        files: set[str] = set()
+        if is_real(d):
+            try:
+                with os.scandir(os.path.join(root, d) if d else root) as it:
+                    for e in it:
+                        try:
+                            if e.is_file(follow_symlinks=False):
+                                files.add(e.name)
+                        except OSError:
+                            continue
+            except (OSError, ValueError):
+                pass  # the walk reports it (or skips it with --skip-on-error)
+        prefix = d + "/" if d else ""
+        missing.update(prefix + n for n in names if n not in files)
+    return missing
+
+
+def _is_remote(path: str | os.PathLike[str]) -> bool:
+    from datamon.api.remotesrc import is_remote
+
+    return is_remote(path)
 
 
 def _import_store() -> None:

@@ -24,6 +24,7 @@ from datamon.errors import UsageError
 if TYPE_CHECKING:
     from datamon.api.context import Context
     from datamon.api.dirwalk import ProcessLister, ThreadLister
+    from datamon.api.walkindex import WalkIndexer
     from datamon.cas.ingest import FileResult, Ingester
 
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -160,8 +161,10 @@ class _Walk:
         scope: str,
         *,
         use_dirs: bool,
+        indexer: WalkIndexer | None = None,
     ) -> None:
         self.ing = ing
+        self.indexer = indexer
         self.level = ctx.cas.level
         self.window = ctx.cas.chunker.window
         self.small_limit = ctx.cas.chunker.params.min_size  # a file this small is one chunk
@@ -472,6 +475,8 @@ class _Walk:
                 if sig is not None and self._dir_sig(end.files_sig, node.subs) == sig:  # type: ignore[arg-type]
                     self._check_tree(tree)
                     self.reused_dirs += 1
+                    if self.indexer is not None:
+                        self.indexer.dir_reused(node.path, tree)
                     return tree, nf, nb
             self._files_from_row(node, tree)
         if node.dropped:
@@ -499,6 +504,9 @@ class _Walk:
                 entries.append((name, ENTRY_DIR, mode, mtime, nb, tree, b""))
             raw = encode_entries(entries)
         key = key_of(raw)
+        if self.indexer is not None:
+            files = zip(names, node.modes, node.mtimes, sizes, keys, strict=True)
+            self.indexer.dir_done(node.path, key, files, end.links, node.subs)
         self.wq.append([key, raw])
         self.wq_count += 1
         self.wq_bytes += len(raw)

@@ -1,0 +1,282 @@
+"""Reading attribute rows (``bundle upload --attributes``) into the lines of an attributes object.
+
+A source — a JSON Lines, CSV or Parquet file, a mapping ``path -> row``, rows with a ``path`` key,
+a pandas DataFrame — becomes ``{path: line}`` where ``line`` is the row's line in the attributes
+object (``canonical`` JSON of the row with its path, docs/format.md), or ``""`` for a row with no
+value (it clears a carried-over row and stores nothing). Every row is checked against the repo
+schema on the way; ``UsageError`` names the path, the column and the value.
+
+Speed (a million rows is a normal file): each row takes one of two roads. The **fast road**
+is for a row whose path is already normal and whose every value is a plain scalar its column
+accepts as it is (no coercion, no null, no float that JSON writes with an exponent): it is
+parsed and written by ``orjson``, which for exactly these values writes byte for byte what
+Python's ``json`` writes (``tests/query/test_attr_lines.py`` checks the two agree). Anything
+else takes the **careful road**, the original per-value checks and Python's ``json``: a JSON
+Lines row is then parsed again by ``json`` (which keeps integers of any size exact, where
+``orjson`` would turn one past 64 bits into a float), so the result never depends on the road.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final
+
+import orjson
+
+from datamon.api.attributes import (
+    _DECODER,
+    _ENCODER,
+    _INT64,
+    MAX_COLUMN,
+    Column,
+    Row,
+    Schema,
+    _coerce,
+    _infer,
+    _shown,
+    check_row,
+    normalize_path,
+)
+from datamon.errors import UsageError
+
+_SORT: Final = orjson.OPT_SORT_KEYS
+# json writes a float in fixed notation exactly when its shortest repr has a decimal exponent in
+# [-4, 16); orjson agrees there, and only there (it writes 1e16 as "1e16", json as "1e+16")
+_FLOAT_LO: Final = 1e-4
+_FLOAT_HI: Final = 1e16
+
+
+def _plain_float(v: float) -> bool:
+    return _FLOAT_LO <= v < _FLOAT_HI or -_FLOAT_HI < v <= -_FLOAT_LO or v == 0.0
+
+
+def _plain(v: object) -> bool:
+    """A value of a column the schema does not type, accepted as it is and written alike by
+    both encoders: text without NUL, a boolean, a 64-bit integer, a fixed-notation float."""
+    t = type(v)
+    if t is str:
+        return "\x00" not in v  # type: ignore[operator]
+    if t is int:
+        return -_INT64 <= v < _INT64  # type: ignore[operator]
+    if t is float:
+        return _plain_float(v)  # type: ignore[arg-type]
+    return t is bool
+
+
+def _fast_check(col: Column) -> Callable[[Any], bool]:
+    """True only of values ``check_row`` accepts for ``col`` as they are and that both encoders
+    write alike (exact built-in types). False is no verdict: the row takes the careful road."""
+    try:
+        values = frozenset(col.values) if col.values is not None else None
+    except TypeError:  # an unhashable listed value: no fast verdict
+        return lambda v: False
+    lo, hi, pf = -_INT64, _INT64, _plain_float
+    kind = col.type
+    if kind == "string":
+        ok = lambda v: type(v) is str  # noqa: E731
+    elif kind == "bool":
+        ok = lambda v: type(v) is bool  # noqa: E731
+    elif kind == "int":
+        ok = lambda v: type(v) is int and lo <= v < hi  # noqa: E731
+    elif kind == "float":
+        ok = lambda v: (type(v) is float and pf(v)) or (type(v) is int and lo <= v < hi)  # noqa: E731
+    else:
+        return lambda v: False
+    if values is None:
+        return ok
+    # exact types only: a hashable equal value (1 == True == 1.0) of the column's type is a member
+    return lambda v: ok(v) and v in values
+
+
+def _normal(p: str) -> bool:
+    try:
+        return normalize_path(p, "") == p
+    except UsageError:
+        return False
+
+
+class LineReader:
+    """Turns records into ``{path: line}`` (``lines``), checking each against ``schema``."""
+
+    def __init__(self, where: str, schema: Schema | None) -> None:
+        self.where = where
+        self.schema = schema
+        cols = schema.attributes if schema else {}
+        self.cols = cols
+        self.fast: dict[Any, Callable[[Any], bool]] = {name: _fast_check(col) for name, col in cols.items()}
+        self.strict = schema is not None and schema.strict
+        self.coerced = {name for name, col in cols.items() if col.type != "string"}
+        self.required = [name for name, col in cols.items() if col.required]
+        self.good_names: set[str] = set()  # column names already checked
+        self.lines: dict[str, str] = {}
+
+    def add(self, n: int, rec: Any, text: str | None = None) -> None:
+        """Record ``rec`` (row ``n`` of the source); ``text`` is its JSON Lines text, if any."""
+        if type(rec) is dict:
+            path = rec.get("path")
+            if type(path) is str and path not in self.lines and _normal(path):
+                fast = self.fast
+                for k, v in rec.items():
+                    f = fast.get(k)
+                    if f is None or not f(v):
+                        if k == "path":
+                            continue
+                        if f is None and self._plain_name(k) and _plain(v):
+                            continue
+                        break
+                else:
+                    if self._has_required(rec):
+                        try:
+                            line = orjson.dumps(rec, option=_SORT).decode()
+                        except (TypeError, orjson.JSONEncodeError):
+                            pass
+                        else:
+                            self.lines[path] = line if len(rec) > 1 else ""
+                            return
+        if text is not None:  # parsed again by json: exact integers, the same errors as ever
+            try:
+                rec = _DECODER.decode(text)
+            except (ValueError, RecursionError) as e:
+                raise UsageError(f"{self.where} line {n} is not JSON: {str(e)[:80]}") from None
+        self._careful(n, rec)
+
+    def _plain_name(self, k: str) -> bool:
+        """An untyped column name that may take the fast road (checked once, then remembered)."""
+        if self.strict:
+            return False
+        if k not in self.good_names:
+            if not isinstance(k, str) or not 0 < len(k) <= MAX_COLUMN or "\x00" in k:
+                return False
+            self.good_names.add(k)
+        self.fast[k] = _plain
+        return True
+
+    def _has_required(self, rec: Mapping[str, Any]) -> bool:
+        return all(rec.get(name) is not None for name in self.required)
+
+    def _careful(self, i: int, rec: Any) -> None:
+        where = self.where
+        if not isinstance(rec, Mapping):
+            raise UsageError(f"{where} row {i}: not an object")
+        if "path" not in rec:
+            raise UsageError(f"{where} row {i}: no path column", "every row needs a 'path'")
+        path = normalize_path(rec["path"], f"{where} row {i}")
+        if path in self.lines:
+            raise UsageError(f"{where}: path {path!r} has two rows", "give each path one row")
+        cols = self.cols
+        row: Row = {}
+        for k, v in rec.items():
+            if k not in self.good_names:
+                if k == "path":
+                    continue
+                if not isinstance(k, str) or not 0 < len(k) <= MAX_COLUMN or "\x00" in k:
+                    raise UsageError(f"{where}: column name {_shown(k)} is not 1-{MAX_COLUMN} characters")
+                self.good_names.add(k)
+            if v is None:
+                continue
+            if k in self.coerced and isinstance(v, str):
+                v = _coerce(cols[k].type, v)
+            row[k] = v
+        check_row(path, row, self.schema)
+        self.lines[path] = _ENCODER.encode({**row, "path": path}) if row else ""
+
+    def add_all(self, records: Iterable[Any]) -> dict[str, str]:
+        for i, rec in enumerate(records, 1):
+            self.add(i, rec)
+        return self.lines
+
+
+def _read_jsonl(path: str, reader: LineReader) -> dict[str, str]:
+    loads, bad = orjson.loads, orjson.JSONDecodeError
+    add = reader.add
+    with open(path, encoding="utf-8") as f:  # universal newlines, as ever
+        for n, line in enumerate(f, 1):
+            try:
+                rec = loads(line)
+            except bad:
+                if not line.strip():
+                    continue
+                rec = None  # json decides (and words the error)
+            if rec is None or type(rec) is not dict:
+                add(n, None, line)
+            else:
+                add(n, rec, line)
+    return reader.lines
+
+
+def _csv_records(path: str, schema: Schema | None) -> Iterator[dict[str, Any]]:
+    import csv
+
+    cols = schema.attributes if schema else {}
+    with open(path, encoding="utf-8", newline="") as f:
+        for rec in csv.DictReader(f):
+            if None in rec:
+                raise UsageError(f"{path}: a row has more cells than the header")
+            out: dict[str, Any] = {}
+            for k, v in rec.items():
+                if k == "path" or v is None:
+                    out[k] = v
+                elif v == "":
+                    out[k] = None
+                elif k in cols:
+                    out[k] = v if cols[k].type == "string" else _coerce(cols[k].type, v)
+                else:
+                    out[k] = _infer(v)
+            yield out
+
+
+def _parquet_records(path: str) -> Iterator[dict[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError("reading Parquet needs pyarrow", "pip install pyarrow") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises its own errors for bad files
+        raise UsageError(f"cannot read {path} as Parquet: {str(e)[:120]}") from None
+    for batch in table.to_batches():
+        yield from batch.to_pylist()
+
+
+def _is_nan(v: object) -> bool:
+    return isinstance(v, float) and v != v
+
+
+def read_attr_lines(source: Any, schema: Schema | None = None) -> dict[str, str]:
+    """``{path: line}`` (see the module docstring) from a file (JSON Lines ``.jsonl``/``.ndjson``/
+    ``.json``, ``.csv``, ``.parquet``), a mapping path -> row, or an iterable of rows with a
+    ``path`` key (a pandas DataFrame too). Checked against ``schema``; ``UsageError`` names the
+    path, column and value."""
+    if isinstance(source, str | os.PathLike):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise UsageError(f"attributes file {path!r} does not exist")
+        ext = path.lower().rsplit(".", 1)[-1]
+        reader = LineReader(path, schema)
+        try:
+            if ext in ("jsonl", "ndjson", "json"):
+                return _read_jsonl(path, reader)
+            if ext == "csv":
+                return reader.add_all(_csv_records(path, schema))
+            if ext in ("parquet", "pq"):
+                return reader.add_all(_parquet_records(path))
+        except UnicodeDecodeError:
+            raise UsageError(f"{path} is not UTF-8 text") from None
+        except OSError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+        raise UsageError(f"attributes file {path!r}: unknown format", "name it .jsonl, .csv or .parquet")
+    reader = LineReader("attributes", schema)
+    if hasattr(source, "to_dict") and hasattr(source, "columns"):  # a pandas DataFrame
+        records = source.to_dict("records")
+        return reader.add_all({k: (None if _is_nan(v) else v) for k, v in r.items()} for r in records)
+    if isinstance(source, Mapping):
+        return reader.add_all({**dict(v), "path": k} for k, v in source.items())
+    return reader.add_all(source)
+
+
+def read_attributes(source: Any, schema: Schema | None = None) -> dict[str, Row]:
+    """Attribute rows by path (``read_attr_lines`` decoded): for callers that want the values."""
+    from datamon.api.attributes import row_of_line
+
+    return {p: row_of_line(line) for p, line in read_attr_lines(source, schema).items()}

@@ -1,0 +1,159 @@
+"""Indexing a bundle while its upload walks it (``datamon query``'s file index, docs/query.md).
+
+An upload whose attribute rows are all known before the walk (rows were given for every path
+its parent has rows for: nothing can be carried over) need not read its trees back to index
+them: as the walk finishes each directory's tree (``api/uploadwalk.py``), the entries it just
+encoded become the directory's index node, and the rows go to the database on the index
+writer's thread while the walk goes on. The nodes are exactly those ``fileindex.build`` makes
+from the stored trees (same ids, same rows; ``tests/query/test_walk_index.py`` compares them).
+
+A directory the walk reuses from the stat cache (its tree unread) is indexed when its parent
+is finished, from the store, unless the index already has it; so nodes are still written
+children first. ``finish`` returns the root node for the bundle's index row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from operator import itemgetter
+from typing import TYPE_CHECKING
+
+from datamon.api.fileindex import (
+    _ZERO,
+    _attr_trie,
+    _AttrDir,
+    _emit_dir,
+    _Item,
+    _text,
+    _Writer,
+    dir_node,
+    index_tree,
+)
+
+if TYPE_CHECKING:
+    from datamon.api.context import Context
+
+_FILE, _SYMLINK = 1, 3  # cas.tree.EntryKind
+_MODE_BITS = 0o7777
+_by_name = itemgetter(0)
+
+
+class WalkIndexer:
+    """The file index of one upload, built from the walk's directories (``dir_done``,
+    ``dir_reused``) for attributes ``texts`` (path -> canonical JSON of the row without its
+    path)."""
+
+    def __init__(self, ctx: Context, root: str | bytes, texts: Mapping[str, str]) -> None:
+        self.ctx = ctx
+        self.trie: _AttrDir | None = _attr_trie(texts) if texts else None
+        rb = root if isinstance(root, bytes) else root.encode("utf-8", "surrogateescape")
+        self.prefix = rb if rb.endswith(b"/") else rb + b"/"
+        self.root_path = rb
+        self.w = _Writer(ctx)
+        self.emitted: set[bytes] = set()
+        self.reused: dict[bytes, list[tuple[bytes, bytes, _AttrDir | None]]] = {}  # parent path -> children
+        self.dirs: dict[bytes, _AttrDir | None] = {}
+        self.root: bytes | None = None
+        self.root_tree: bytes | None = None
+
+    def restart(self) -> None:
+        """The walk starts again: forget directories it reported reused (nodes written stay)."""
+        self.reused.clear()
+
+    # -- the walk's reports ----------------------------------------------------------------
+    def _adir(self, path: bytes) -> _AttrDir | None:
+        """The attributes of the directory at local ``path`` (None: no file below has any)."""
+        dirs = self.dirs
+        if path in dirs:
+            return dirs[path]
+        if path == self.root_path:
+            found = self.trie
+        else:  # the nearest known ancestor, then down (iterative: trees may be deep)
+            names: list[bytes] = []
+            up = path
+            while up not in dirs and up != self.root_path:
+                up, _, name = up.rpartition(b"/")
+                up = up or b"/"
+                names.append(name)
+            found = dirs.get(up, self.trie)
+            for name in reversed(names):
+                found = found.dirs.get(name.decode("utf-8", "surrogateescape")) if found is not None else None
+        dirs[path] = found
+        return found
+
+    def _node(self, path: bytes, tree: bytes) -> tuple[bytes, _AttrDir | None]:
+        adir = self._adir(path)
+        return dir_node(tree, adir.digest if adir is not None else _ZERO), adir
+
+    def dir_reused(self, path: bytes, tree: bytes) -> None:
+        """The directory at ``path`` is tree ``tree``, taken from the stat cache unread."""
+        nid, adir = self._node(path, tree)
+        if path == self.root_path:
+            self.root, self.root_tree = nid, tree
+            self._complete([(nid, tree, adir)])
+            return
+        parent = path.rpartition(b"/")[0] or b"/"
+        self.reused.setdefault(parent, []).append((nid, tree, adir))
+
+    def dir_done(
+        self,
+        path: bytes,
+        tree: bytes,
+        files: Iterable[tuple[bytes, int, int, int, bytes | None]],
+        links: Iterable[tuple[bytes, bytes, int, int]],
+        subs: Iterable[tuple[bytes, int, int, bytes, int, int]],
+    ) -> None:
+        """The walk encoded tree ``tree`` for the directory at ``path``: ``files`` are (name,
+        mode, mtime_ns, size, key), ``links`` (name, target, mode, mtime_ns), ``subs`` the
+        subdirectories as the walk keeps them (name, mode, mtime_ns, tree, files, bytes)."""
+        nid, adir = self._node(path, tree)
+        if path == self.root_path:
+            self.root, self.root_tree = nid, tree
+        kids = self.reused.pop(path, None)
+        if kids:
+            self._complete(kids)
+        if nid in self.emitted:
+            return
+        afiles = adir.files if adir is not None else {}
+        adirs = adir.dirs if adir is not None else {}
+        rows: list[tuple[bytes, _Item]] = []
+        add = rows.append
+        for raw, mode, mtime, size, key in files:
+            name = raw.decode("utf-8", "surrogateescape")
+            text = name if name.isascii() else _text(name)
+            add((raw, ("f", text, (text, _FILE, size, key, mode & _MODE_BITS, mtime, afiles.get(name)))))
+        for raw, target, mode, mtime in links:
+            name = raw.decode("utf-8", "surrogateescape")
+            text = name if name.isascii() else _text(name)
+            add((raw, ("f", text, (text, _SYMLINK, len(target), _ZERO, mode & _MODE_BITS, mtime, None))))
+        for raw, _, _, sub_tree, _, _ in subs:
+            name = raw.decode("utf-8", "surrogateescape")
+            sub = adirs.get(name)
+            cid = dir_node(sub_tree, sub.digest if sub is not None else _ZERO)
+            add((raw, ("d", name if name.isascii() else _text(name), cid)))
+        rows.sort(key=_by_name)
+        _emit_dir(self.w, nid, [item for _, item in rows])
+        self.emitted.add(nid)
+
+    def _complete(self, kids: list[tuple[bytes, bytes, _AttrDir | None]]) -> None:
+        """Index the reused directories ``kids`` that neither the index nor this upload has."""
+        todo = [k for k in kids if k[0] not in self.emitted]
+        if not todo:
+            return
+        meta = self.ctx.meta
+        have = meta.present_nodes([k[0] for k in todo])
+        if have:
+            meta.touch_index_nodes(have)
+        for nid, tree, adir in todo:
+            if nid not in have and nid not in self.emitted:
+                index_tree(self.ctx, self.w, nid, tree, adir, self.emitted)
+
+    def finish(self) -> bytes:
+        """Write what is buffered and return the root node (the bundle's index row)."""
+        if self.root is None:
+            raise RuntimeError("the walk reported no root directory (a bug)")
+        self.w.flush()
+        return self.root
+
+    def close(self) -> None:
+        self.w.close()
