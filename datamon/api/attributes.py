@@ -633,8 +633,11 @@ class Extras:
                 if p not in gone:
                     check_row(p, row_of_line(self.parent_lines[p]), self.schema)
 
-    def finish(self, ctx: Context, tree: str, parents: Sequence[str]) -> tuple[dict[str, Any], str | None]:
-        """(meta, attributes key) for the bundle with root ``tree`` and ``parents``."""
+    def finish(
+        self, ctx: Context, tree: str, parents: Sequence[str], *, encoded: bytes | None = None
+    ) -> tuple[dict[str, Any], str | None]:
+        """(meta, attributes key) for the bundle with root ``tree`` and ``parents``. ``encoded`` is
+        ``encode_attr_lines`` of the new rows, if the caller made it (used if nothing is carried)."""
         lines: dict[str, str] = {}
         parent = self.parent
         if parents and (parent is None or parent.id != parents[0]):
@@ -657,6 +660,8 @@ class Extras:
             else:
                 lines = self.lines  # nothing carried: the new rows as they are (no copy)
         self.final_lines = lines
+        if encoded is not None and not self.carried:
+            return self.meta, put_attrs(ctx, encoded) if encoded else None
         return self.meta, store_attr_lines(ctx, lines) if lines else None
 
 

@@ -37,6 +37,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -105,14 +106,16 @@ def upload(
     # quiet mode (as for the walk) keeps its scans from going over them again and again
     _quiet_gc()
     indexer: WalkIndexer | None = None
+    encoding: Future[bytes] | None = None
     try:
         extras = attrs.prepare(ctx, repo, meta=bundle_meta, attributes=attributes, parents=parent_ids)
         if extras.final_known and files is None and not _is_remote(path):
-            # every row is known before the walk: index each directory as the walk finishes it
-            from datamon.api.fileindex import texts_of
+            # every row is known before the walk: index each directory as the walk finishes it,
+            # and encode the attributes object meanwhile
             from datamon.api.walkindex import WalkIndexer
 
-            indexer = WalkIndexer(ctx, check_root(path), texts_of(extras.lines or {}))
+            indexer = WalkIndexer(ctx, check_root(path), extras.lines or {})
+            encoding = _in_background(attrs.encode_attr_lines, extras.lines or {})
         t = upload_tree(
             ctx,
             path,
@@ -131,7 +134,9 @@ def upload(
             latest = ctx.meta.latest_bundle(repo)
             parent_ids = [latest.id] if latest else []
         who = ctx.contributor
-        bundle_meta, attrs_key = extras.finish(ctx, tree_hex, parent_ids)
+        bundle_meta, attrs_key = extras.finish(
+            ctx, tree_hex, parent_ids, encoded=encoding.result() if encoding is not None else None
+        )
         bundle = make_bundle(
             repo=repo,
             tree=tree_hex,
@@ -349,6 +354,20 @@ def _missing_files(root: str, paths: Iterable[str]) -> set[str]:
         prefix = d + "/" if d else ""
         missing.update(prefix + n for n in names if n not in files)
     return missing
+
+
+def _in_background(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """``fn(*args)`` on a thread of its own; its result (or exception) through the future."""
+    fut: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:
+            fut.set_exception(e)
+
+    threading.Thread(target=run, name="datamon-background", daemon=True).start()
+    return fut
 
 
 def _is_remote(path: str | os.PathLike[str]) -> bool:

@@ -505,8 +505,8 @@ class _Walk:
             raw = encode_entries(entries)
         key = key_of(raw)
         if self.indexer is not None:
-            files = zip(names, node.modes, node.mtimes, sizes, keys, strict=True)
-            self.indexer.dir_done(node.path, key, files, end.links, node.subs)
+            files = (names, node.modes, node.mtimes, sizes, keys)
+            self.indexer.dir_done(node.path, key, files, end.links, node.subs)  # type: ignore[arg-type]
         self.wq.append([key, raw])
         self.wq_count += 1
         self.wq_bytes += len(raw)

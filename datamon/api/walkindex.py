@@ -14,9 +14,11 @@ children first. ``finish`` returns the root node for the bundle's index row.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import threading
+from collections import deque
+from collections.abc import Mapping
 from operator import itemgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from datamon.api.fileindex import (
     _ZERO,
@@ -40,27 +42,121 @@ _by_name = itemgetter(0)
 
 class WalkIndexer:
     """The file index of one upload, built from the walk's directories (``dir_done``,
-    ``dir_reused``) for attributes ``texts`` (path -> canonical JSON of the row without its
-    path)."""
+    ``dir_reused``) for the attribute rows ``lines`` (path -> object line, ``""``: none).
 
-    def __init__(self, ctx: Context, root: str | bytes, texts: Mapping[str, str]) -> None:
+    The work is done on a thread of its own, in the order the walk reports: the walk only
+    queues what it finished (at most ``QUEUE_ENTRIES`` entries wait; then it waits). The thread
+    first turns the rows into the trie of directory digests, then makes each node. Whatever it
+    raises is raised again by the walk's next report or by ``finish``."""
+
+    QUEUE_ENTRIES = 300_000
+
+    def __init__(self, ctx: Context, root: str | bytes, lines: Mapping[str, str]) -> None:
         self.ctx = ctx
-        self.trie: _AttrDir | None = _attr_trie(texts) if texts else None
         rb = root if isinstance(root, bytes) else root.encode("utf-8", "surrogateescape")
-        self.prefix = rb if rb.endswith(b"/") else rb + b"/"
         self.root_path = rb
         self.w = _Writer(ctx)
         self.emitted: set[bytes] = set()
         self.reused: dict[bytes, list[tuple[bytes, bytes, _AttrDir | None]]] = {}  # parent path -> children
         self.dirs: dict[bytes, _AttrDir | None] = {}
+        self.trie: _AttrDir | None = None
         self.root: bytes | None = None
-        self.root_tree: bytes | None = None
+        self._lines: Mapping[str, str] | None = lines
+        self._cv = threading.Condition()
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._queued = 0  # entries waiting
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="datamon-walk-index", daemon=True)
+        self._thread.start()
+
+    # -- the walk's side ---------------------------------------------------------------------
+    def _put(self, ev: tuple[Any, ...], entries: int) -> None:
+        with self._cv:
+            while self._queued > self.QUEUE_ENTRIES and self._error is None and self._queue:
+                self._cv.wait(0.5)
+            if self._error is not None:
+                raise self._error
+            self._queue.append(ev)
+            self._queued += entries
+            self._cv.notify_all()
 
     def restart(self) -> None:
         """The walk starts again: forget directories it reported reused (nodes written stay)."""
-        self.reused.clear()
+        self._put(("restart",), 0)
 
-    # -- the walk's reports ----------------------------------------------------------------
+    def dir_reused(self, path: bytes, tree: bytes) -> None:
+        """The directory at ``path`` is tree ``tree``, taken from the stat cache unread."""
+        self._put(("reused", path, tree), 1)
+
+    def dir_done(
+        self,
+        path: bytes,
+        tree: bytes,
+        files: tuple[list[bytes], list[int], list[int], list[int], list[bytes]],
+        links: list[tuple[bytes, bytes, int, int]],
+        subs: list[tuple[bytes, int, int, bytes, int, int]],
+    ) -> None:
+        """The walk encoded tree ``tree`` for the directory at ``path``: ``files`` are the columns
+        (names, modes, mtimes_ns, sizes, keys), ``links`` (name, target, mode, mtime_ns), ``subs``
+        the subdirectories as the walk keeps them (name, mode, mtime_ns, tree, files, bytes).
+        The lists are the indexer's from now on (the walk does not change them again)."""
+        self._put(("done", path, tree, files, links, subs), len(files[0]) + len(links) + len(subs))
+
+    def finish(self) -> bytes:
+        """Wait for every node to be written; the root node (the bundle's index row)."""
+        self._put(("end",), 0)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self.root is None:
+            raise RuntimeError("the walk reported no root directory (a bug)")
+        self.w.flush()
+        return self.root
+
+    def close(self) -> None:
+        """Stop (the upload failed or is done): nothing more is written."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join()
+        self.w.close()
+
+    # -- the thread ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            lines = self._lines
+            self._lines = None
+            if lines:
+                from datamon.api.fileindex import texts_of
+
+                texts = texts_of(lines)
+                self.trie = _attr_trie(texts) if texts else None
+                del texts
+            while True:
+                with self._cv:
+                    while not self._queue and not self._closed:
+                        self._cv.wait()
+                    if self._closed:
+                        return
+                    ev = self._queue.popleft()
+                    self._queued -= _entries(ev)
+                    self._cv.notify_all()
+                kind = ev[0]
+                if kind == "done":
+                    self._dir_done(*ev[1:])
+                elif kind == "reused":
+                    self._dir_reused(ev[1], ev[2])
+                elif kind == "restart":
+                    self.reused.clear()
+                else:
+                    return
+        except BaseException as e:
+            with self._cv:
+                self._error = e
+                self._cv.notify_all()
+
+    # -- on the thread: the nodes ------------------------------------------------------------
     def _adir(self, path: bytes) -> _AttrDir | None:
         """The attributes of the directory at local ``path`` (None: no file below has any)."""
         dirs = self.dirs
@@ -85,30 +181,26 @@ class WalkIndexer:
         adir = self._adir(path)
         return dir_node(tree, adir.digest if adir is not None else _ZERO), adir
 
-    def dir_reused(self, path: bytes, tree: bytes) -> None:
-        """The directory at ``path`` is tree ``tree``, taken from the stat cache unread."""
+    def _dir_reused(self, path: bytes, tree: bytes) -> None:
         nid, adir = self._node(path, tree)
         if path == self.root_path:
-            self.root, self.root_tree = nid, tree
+            self.root = nid
             self._complete([(nid, tree, adir)])
             return
         parent = path.rpartition(b"/")[0] or b"/"
         self.reused.setdefault(parent, []).append((nid, tree, adir))
 
-    def dir_done(
+    def _dir_done(
         self,
         path: bytes,
         tree: bytes,
-        files: Iterable[tuple[bytes, int, int, int, bytes | None]],
-        links: Iterable[tuple[bytes, bytes, int, int]],
-        subs: Iterable[tuple[bytes, int, int, bytes, int, int]],
+        files: tuple[list[bytes], list[int], list[int], list[int], list[bytes]],
+        links: list[tuple[bytes, bytes, int, int]],
+        subs: list[tuple[bytes, int, int, bytes, int, int]],
     ) -> None:
-        """The walk encoded tree ``tree`` for the directory at ``path``: ``files`` are (name,
-        mode, mtime_ns, size, key), ``links`` (name, target, mode, mtime_ns), ``subs`` the
-        subdirectories as the walk keeps them (name, mode, mtime_ns, tree, files, bytes)."""
         nid, adir = self._node(path, tree)
         if path == self.root_path:
-            self.root, self.root_tree = nid, tree
+            self.root = nid
         kids = self.reused.pop(path, None)
         if kids:
             self._complete(kids)
@@ -118,14 +210,23 @@ class WalkIndexer:
         adirs = adir.dirs if adir is not None else {}
         rows: list[tuple[bytes, _Item]] = []
         add = rows.append
-        for raw, mode, mtime, size, key in files:
+        for raw, mode, mtime, size, key in zip(*files, strict=True):
             name = raw.decode("utf-8", "surrogateescape")
             text = name if name.isascii() else _text(name)
             add((raw, ("f", text, (text, _FILE, size, key, mode & _MODE_BITS, mtime, afiles.get(name)))))
         for raw, target, mode, mtime in links:
             name = raw.decode("utf-8", "surrogateescape")
             text = name if name.isascii() else _text(name)
-            add((raw, ("f", text, (text, _SYMLINK, len(target), _ZERO, mode & _MODE_BITS, mtime, None))))
+            add(
+                (
+                    raw,
+                    (
+                        "f",
+                        text,
+                        (text, _SYMLINK, len(target), _ZERO, mode & _MODE_BITS, mtime, afiles.get(name)),
+                    ),
+                )
+            )
         for raw, _, _, sub_tree, _, _ in subs:
             name = raw.decode("utf-8", "surrogateescape")
             sub = adirs.get(name)
@@ -148,12 +249,8 @@ class WalkIndexer:
             if nid not in have and nid not in self.emitted:
                 index_tree(self.ctx, self.w, nid, tree, adir, self.emitted)
 
-    def finish(self) -> bytes:
-        """Write what is buffered and return the root node (the bundle's index row)."""
-        if self.root is None:
-            raise RuntimeError("the walk reported no root directory (a bug)")
-        self.w.flush()
-        return self.root
 
-    def close(self) -> None:
-        self.w.close()
+def _entries(ev: tuple[Any, ...]) -> int:
+    if ev[0] == "done":
+        return len(ev[3][0]) + len(ev[4]) + len(ev[5])
+    return 1 if ev[0] == "reused" else 0
