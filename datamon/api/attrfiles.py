@@ -29,7 +29,6 @@ from datamon.api.attributes import (
     _ENCODER,
     _INT64,
     MAX_COLUMN,
-    Column,
     Row,
     Schema,
     _coerce,
@@ -64,29 +63,68 @@ def _plain(v: object) -> bool:
     return t is bool
 
 
-def _fast_check(col: Column) -> Callable[[Any], bool]:
-    """True only of values ``check_row`` accepts for ``col`` as they are and that both encoders
-    write alike (exact built-in types). False is no verdict: the row takes the careful road."""
-    try:
-        values = frozenset(col.values) if col.values is not None else None
-    except TypeError:  # an unhashable listed value: no fast verdict
-        return lambda v: False
-    lo, hi, pf = -_INT64, _INT64, _plain_float
-    kind = col.type
-    if kind == "string":
-        ok = lambda v: type(v) is str  # noqa: E731
-    elif kind == "bool":
-        ok = lambda v: type(v) is bool  # noqa: E731
-    elif kind == "int":
-        ok = lambda v: type(v) is int and lo <= v < hi  # noqa: E731
-    elif kind == "float":
-        ok = lambda v: (type(v) is float and pf(v)) or (type(v) is int and lo <= v < hi)  # noqa: E731
-    else:
-        return lambda v: False
-    if values is None:
-        return ok
-    # exact types only: a hashable equal value (1 == True == 1.0) of the column's type is a member
-    return lambda v: ok(v) and v in values
+# How a typed column's value is tested on the fast road (``v`` is the value): true only of values
+# ``check_row`` accepts as they are and that both encoders write alike (exact built-in types).
+_TESTS: Final = {
+    "string": "type({v}) is str",
+    "bool": "type({v}) is bool",
+    "int": "(type({v}) is int and -I <= {v} < I)",
+    "float": "((type({v}) is float and (LO <= {v} < HI or -HI < {v} <= -LO or {v} == 0.0))"
+    " or (type({v}) is int and -I <= {v} < I))",
+}
+_UNKNOWN: Final[Any] = object()
+_SHAPES_MAX: Final = 256  # record shapes (key sequences) given a fast test; others go the careful road
+_KEYS_MAX: Final = 64
+
+
+def _shape_test(keys: tuple[Any, ...], schema: Schema | None) -> Callable[[dict[str, Any]], bool] | None:
+    """A test for records whose keys are exactly ``keys``, in that order: true when the record
+    may take the fast road (normal path, every value plain and accepted by its column, every
+    required column there). ``None`` when no record of this shape may.
+
+    The test is compiled once per shape from fixed templates: one expression per position, the
+    values unpacked in key order. Column names never reach the source (only positions do)."""
+    cols = schema.attributes if schema else {}
+    strict = schema is not None and schema.strict
+    if (
+        "path" not in keys
+        or len(keys) > _KEYS_MAX
+        or any(name not in keys for name, c in cols.items() if c.required)
+    ):
+        return None
+    env: dict[str, Any] = {
+        "_plain": _plain,
+        "_normal": _normal,
+        "I": _INT64,
+        "LO": _FLOAT_LO,
+        "HI": _FLOAT_HI,
+    }
+    tests: list[str] = []
+    for i, k in enumerate(keys):
+        if k == "path":
+            tests.append(f"(type(v{i}) is str and _normal(v{i}))")
+            continue
+        col = cols.get(k)
+        if col is None:
+            if strict or not isinstance(k, str) or not 0 < len(k) <= MAX_COLUMN or "\x00" in k:
+                return None
+            tests.append(f"_plain(v{i})")
+            continue
+        test = _TESTS.get(col.type)
+        if test is None:
+            return None
+        if col.values is not None:
+            try:
+                env[f"S{i}"] = frozenset(col.values)
+            except TypeError:  # an unhashable listed value: no fast verdict
+                return None
+            # exact types only: a hashable equal value (1 == True == 1.0) of the type is a member
+            test = f"({test} and {{v}} in S{i})"
+        tests.append(test.format(v=f"v{i}"))
+    names = ", ".join(f"v{i}" for i in range(len(keys)))
+    src = f"def test(r):\n    {names}, = r.values()\n    return {' and '.join(tests)}\n"
+    exec(compile(src, "<attribute row test>", "exec"), env)
+    return env["test"]
 
 
 def _normal(p: str) -> bool:
@@ -104,56 +142,36 @@ class LineReader:
         self.schema = schema
         cols = schema.attributes if schema else {}
         self.cols = cols
-        self.fast: dict[Any, Callable[[Any], bool]] = {name: _fast_check(col) for name, col in cols.items()}
-        self.strict = schema is not None and schema.strict
+        self.shapes: dict[tuple[Any, ...], Callable[[dict[str, Any]], bool] | None] = {}
         self.coerced = {name for name, col in cols.items() if col.type != "string"}
-        self.required = [name for name, col in cols.items() if col.required]
         self.good_names: set[str] = set()  # column names already checked
         self.lines: dict[str, str] = {}
 
     def add(self, n: int, rec: Any, text: str | None = None) -> None:
         """Record ``rec`` (row ``n`` of the source); ``text`` is its JSON Lines text, if any."""
         if type(rec) is dict:
-            path = rec.get("path")
-            if type(path) is str and path not in self.lines and _normal(path):
-                fast = self.fast
-                for k, v in rec.items():
-                    f = fast.get(k)
-                    if f is None or not f(v):
-                        if k == "path":
-                            continue
-                        if f is None and self._plain_name(k) and _plain(v):
-                            continue
-                        break
-                else:
-                    if self._has_required(rec):
-                        try:
-                            line = orjson.dumps(rec, option=_SORT).decode()
-                        except (TypeError, orjson.JSONEncodeError):
-                            pass
-                        else:
-                            self.lines[path] = line if len(rec) > 1 else ""
-                            return
+            keys = tuple(rec)
+            test = self.shapes.get(keys, _UNKNOWN)
+            if test is _UNKNOWN:
+                test = _shape_test(keys, self.schema)
+                if len(self.shapes) < _SHAPES_MAX:
+                    self.shapes[keys] = test
+            if test is not None and test(rec):
+                path = rec["path"]
+                if path not in self.lines:
+                    try:
+                        line = orjson.dumps(rec, option=_SORT).decode()
+                    except (TypeError, orjson.JSONEncodeError):
+                        pass
+                    else:
+                        self.lines[path] = line if len(keys) > 1 else ""
+                        return
         if text is not None:  # parsed again by json: exact integers, the same errors as ever
             try:
                 rec = _DECODER.decode(text)
             except (ValueError, RecursionError) as e:
                 raise UsageError(f"{self.where} line {n} is not JSON: {str(e)[:80]}") from None
         self._careful(n, rec)
-
-    def _plain_name(self, k: str) -> bool:
-        """An untyped column name that may take the fast road (checked once, then remembered)."""
-        if self.strict:
-            return False
-        if k not in self.good_names:
-            if not isinstance(k, str) or not 0 < len(k) <= MAX_COLUMN or "\x00" in k:
-                return False
-            self.good_names.add(k)
-        self.fast[k] = _plain
-        return True
-
-    def _has_required(self, rec: Mapping[str, Any]) -> bool:
-        return all(rec.get(name) is not None for name in self.required)
 
     def _careful(self, i: int, rec: Any) -> None:
         where = self.where

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 PAGE_MAX: Final = 256  # entries a node holds before it is cut into pages
 PAGE_BITS: Final = 31  # boundary after an entry whose CRC & PAGE_BITS == 0: pages of ~32 entries
 PAGE_HARD: Final = 1024  # a page never holds more than this many entries
-FLUSH_ROWS: Final = 50_000  # rows buffered before a batch of finished nodes is written
+FLUSH_ROWS: Final = 100_000  # rows buffered before a batch of finished nodes is written
 _ZERO: Final = bytes(32)
 _TAG: Final = b"DMIDX1 "
 

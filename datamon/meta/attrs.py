@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select, text, update
 
@@ -24,10 +25,24 @@ from datamon.meta.schema import (
     repos,
 )
 
-INDEX_BATCH_ROWS = 20_000  # rows per INSERT batch when writing index nodes
+INDEX_BATCH_ROWS = 20_000  # rows per INSERT (or COPY) batch when writing index nodes
 # A shared node is re-timed only if its time is older than this (no rewrite of the same rows by
 # every upload); gc's grace period must be longer than an upload plus this (the default: a day).
 TOUCH_SLACK_NS = 600 * 10**9
+
+
+def _copy(conn: Any, target: str, rows: list[tuple[object, ...]]) -> None:
+    """``COPY target FROM STDIN`` of ``rows`` on PostgreSQL, in the connection's transaction."""
+    if not rows:
+        return
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {target} FROM STDIN") as cp:
+        for row in rows:
+            cp.write_row(row)
+
+
+def _first(node: IndexNode) -> bytes:
+    return node[0]
 
 
 class AttrsMixin(StoreBase):
@@ -97,8 +112,9 @@ class AttrsMixin(StoreBase):
         return found
 
     def add_index_nodes(self, nodes: Iterable[IndexNode]) -> int:
-        """Add nodes (id, links, files) in one transaction; nodes already present are skipped.
-        Returns the number of nodes added."""
+        """Add nodes (id, links, files) in one transaction; nodes already present are skipped
+        (and re-timed, as ``touch_index_nodes``: the writer shares them). Returns the number of
+        nodes added."""
         pending = list(nodes)
         if not pending:
             return 0
@@ -109,6 +125,7 @@ class AttrsMixin(StoreBase):
             for chunk in batches([n[0] for n in pending]):
                 rows = conn.execute(select(index_nodes.c.node).where(index_nodes.c.node.in_(chunk)))
                 have.update(bytes(r[0]) for r in rows)
+            self._touch(conn, sorted(have))
             # SQLAlchemy's per-row parameter handling costs more than the database's own insert:
             # hand the driver plain tuples (attrs stay JSON text; PostgreSQL casts it to jsonb).
             ph = "%s" if postgres else "?"
@@ -125,16 +142,20 @@ class AttrsMixin(StoreBase):
             now = time.time_ns()
 
             def flush() -> None:
-                # in primary-key order: b-tree inserts stay local (node ids are random)
-                if links:
-                    links.sort(key=lambda r: (r[0], r[1]))
-                    conn.exec_driver_sql(links_sql, links)
-                    links.clear()
-                if files:
-                    files.sort(key=lambda r: (r[0], r[1]))
-                    conn.exec_driver_sql(files_sql, files)
-                    files.clear()
+                if postgres:  # COPY: a tenth of the time of row-by-row INSERTs
+                    _copy(conn, "index_links (node, seq, name, child)", links)
+                    _copy(conn, "index_files (node, name, kind, size, key, mode, mtime_ns, attrs)", files)
+                else:
+                    if links:
+                        conn.exec_driver_sql(links_sql, links)
+                    if files:
+                        conn.exec_driver_sql(files_sql, files)
+                links.clear()
+                files.clear()
 
+            # in primary-key order: b-tree inserts stay local (node ids are random); a node's
+            # rows come in name order (its tree's order)
+            pending.sort(key=_first)
             for node, node_links, node_files in pending:
                 if node in have:
                     continue
@@ -157,14 +178,17 @@ class AttrsMixin(StoreBase):
         unique = sorted(set(nodes))
         if not unique:
             return
-        now = time.time_ns()
         with self._write() as conn:
-            for chunk in batches(unique):
-                conn.execute(
-                    update(index_nodes)
-                    .where(index_nodes.c.node.in_(chunk) & (index_nodes.c.created_ns < now - TOUCH_SLACK_NS))
-                    .values(created_ns=now)
-                )
+            self._touch(conn, unique)
+
+    def _touch(self, conn: Any, nodes: list[bytes]) -> None:
+        now = time.time_ns()
+        for chunk in batches(nodes):
+            conn.execute(
+                update(index_nodes)
+                .where(index_nodes.c.node.in_(chunk) & (index_nodes.c.created_ns < now - TOUCH_SLACK_NS))
+                .values(created_ns=now)
+            )
 
     def collect_index(self, cutoff_ns: int, *, dry_run: bool = False) -> tuple[int, int]:
         """(gc) Remove the index nodes that no bundle reaches and that were last written or
