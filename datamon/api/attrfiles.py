@@ -19,6 +19,7 @@ Lines row is then parsed again by ``json`` (which keeps integers of any size exa
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
@@ -298,3 +299,50 @@ def read_attributes(source: Any, schema: Schema | None = None) -> dict[str, Row]
     from datamon.api.attributes import row_of_line
 
     return {p: row_of_line(line) for p, line in read_attr_lines(source, schema).items()}
+
+
+def missing_files(root: str, paths: Iterable[str]) -> set[str]:
+    """Those of ``paths`` that are not regular files the walk of ``root`` reaches: each directory
+    they name is checked to be a directory reached without a symlink, and listed once."""
+    by_dir: dict[str, list[str]] = {}
+    for p in paths:
+        d, _, name = p.rpartition("/")
+        names = by_dir.get(d)
+        if names is None:
+            by_dir[d] = [name]
+        else:
+            names.append(name)
+    real: dict[str, bool] = {"": True}  # relative directory -> a real directory, no symlink above
+
+    def is_real(d: str) -> bool:
+        todo: list[str] = []
+        while d not in real:
+            todo.append(d)
+            d = d.rpartition("/")[0]
+        ok = real[d]
+        for sub in reversed(todo):
+            if ok:
+                try:
+                    ok = stat.S_ISDIR(os.lstat(os.path.join(root, sub)).st_mode)
+                except (OSError, ValueError):
+                    ok = False
+            real[sub] = ok
+        return ok
+
+    missing: set[str] = set()
+    for d, names in by_dir.items():
+        files: set[str] = set()
+        if is_real(d):
+            try:
+                with os.scandir(os.path.join(root, d) if d else root) as it:
+                    for e in it:
+                        try:
+                            if e.is_file(follow_symlinks=False):
+                                files.add(e.name)
+                        except OSError:
+                            continue
+            except (OSError, ValueError):
+                pass  # the walk reports it (or skips it with --skip-on-error)
+        prefix = d + "/" if d else ""
+        missing.update(prefix + n for n in names if n not in files)
+    return missing

@@ -103,6 +103,13 @@ def _boundary(name: str, level: int) -> bool:
     return zlib.crc32(name.encode("utf-8", "surrogatepass"), level * 0x9E3779B1 & 0xFFFFFFFF) & PAGE_BITS == 0
 
 
+def in_memory(url: str) -> bool:
+    """Whether ``url`` names an in-memory SQLite database (one connection, one process)."""
+    return url.startswith("sqlite") and (
+        url.rstrip("/") in ("sqlite:", "sqlite+pysqlite:") or ":memory:" in url or "mode=memory" in url
+    )
+
+
 class _Writer:
     """Buffers finished nodes (children always before parents) and writes them in batches, on a
     thread of its own: the database's insert work (which releases the GIL) overlaps the walk.
@@ -111,11 +118,8 @@ class _Writer:
 
     def __init__(self, ctx: Context) -> None:
         self.meta = ctx.meta
-        url = ctx.meta_url
         # an in-memory SQLite database is one connection shared by all threads: write inline
-        self._inline = url.startswith("sqlite") and (
-            url.rstrip("/") in ("sqlite:", "sqlite+pysqlite:") or ":memory:" in url or "mode=memory" in url
-        )
+        self._inline = in_memory(ctx.meta_url)
         self.nodes: list[IndexNode] = []
         self.rows = 0
         self.added = 0

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import gc
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,8 +49,9 @@ from datamon.cas.hashing import key_of
 from datamon.errors import UsageError
 
 if TYPE_CHECKING:
+    from datamon.api.attrworker import AttrWorker
     from datamon.api.context import Context
-    from datamon.api.walkindex import WalkIndexer
+    from datamon.api.walkindex import DirReports, WalkIndexer
     from datamon.meta.records import BundleRecord
 
 
@@ -106,10 +106,24 @@ def upload(
     # quiet mode (as for the walk) keeps its scans from going over them again and again
     _quiet_gc()
     indexer: WalkIndexer | None = None
+    worker: AttrWorker | None = None
     encoding: Future[bytes] | None = None
     try:
-        extras = attrs.prepare(ctx, repo, meta=bundle_meta, attributes=attributes, parents=parent_ids)
-        if extras.final_known and files is None and not _is_remote(path):
+        local = files is None and not _is_remote(path)
+        from_file = isinstance(attributes, str | os.PathLike) and local
+        extras = attrs.prepare(
+            ctx, repo, meta=bundle_meta, attributes=None if from_file else attributes, parents=parent_ids
+        )
+        if from_file and not extras.parent_lines:
+            # nothing to carry over: the rows are read, checked and indexed by a worker process
+            worker = _attr_worker(ctx, path, attributes, extras.schema)
+            if worker is not None and parent_ids is None:  # the parent the rows were checked against
+                parent_ids = [extras.parent.id] if extras.parent is not None else []
+        if from_file and worker is None:
+            from datamon.api.attrfiles import read_attr_lines
+
+            extras.lines = read_attr_lines(attributes, extras.schema)
+        if extras.final_known and local:
             # every row is known before the walk: index each directory as the walk finishes it,
             # and encode the attributes object meanwhile
             from datamon.api.walkindex import WalkIndexer
@@ -124,7 +138,7 @@ def upload(
             concurrency=concurrency,
             progress=progress,
             check_paths=extras.check_paths if extras.needs_paths else None,
-            indexer=indexer,
+            indexer=worker if worker is not None else indexer,
         )
         tree_hex, nfiles, nbytes = t.tree, t.files, t.bytes
 
@@ -134,9 +148,16 @@ def upload(
             latest = ctx.meta.latest_bundle(repo)
             parent_ids = [latest.id] if latest else []
         who = ctx.contributor
-        bundle_meta, attrs_key = extras.finish(
-            ctx, tree_hex, parent_ids, encoded=encoding.result() if encoding is not None else None
-        )
+        root_node: bytes | None = None
+        if worker is not None:
+            bundle_meta = extras.meta
+            root_node, attrs_key = worker.finish()
+        else:
+            bundle_meta, attrs_key = extras.finish(
+                ctx, tree_hex, parent_ids, encoded=encoding.result() if encoding is not None else None
+            )
+            if indexer is not None and not extras.carried:
+                root_node = indexer.finish()
         bundle = make_bundle(
             repo=repo,
             tree=tree_hex,
@@ -152,8 +173,8 @@ def upload(
         )
         if attrs_key is not None:  # a bundle with attributes is indexed before its row is written;
             # others when first queried (docs/query.md)
-            if indexer is not None and not extras.carried:
-                ctx.meta.set_bundle_index(bundle.id, indexer.finish())
+            if root_node is not None:
+                ctx.meta.set_bundle_index(bundle.id, root_node)
             else:  # rows were carried over after all (a new latest bundle): index from the rows
                 from datamon.api.fileindex import index_bundle, texts_of
 
@@ -162,6 +183,8 @@ def upload(
     finally:
         if indexer is not None:
             indexer.close()
+        if worker is not None:
+            worker.close()
         _restore_gc()
     if label:
         from datamon.api.labels import set_label
@@ -204,7 +227,7 @@ def upload_tree(
     concurrency: int | None = None,
     progress: Progress | None = None,
     check_paths: Callable[[Callable[[Iterable[str]], set[str]]], None] | None = None,
-    indexer: WalkIndexer | None = None,
+    indexer: DirReports | None = None,
 ) -> TreeUpload:
     """Store directory ``path`` (or only ``files`` under it) in the content store and return its
     root tree: everything a bundle needs except the bundle. ``upload`` and diamond splits use it.
@@ -306,54 +329,28 @@ def _missing_of(root: str, local_top: LocalDir | None) -> Callable[[Iterable[str
     if local_top is not None:
         present = {os.path.relpath(f.path, root).replace(os.sep, "/") for f in local_top.iter_files()}
         return lambda paths: {p for p in paths if p not in present}
-    return lambda paths: _missing_files(root, paths)
+    from datamon.api.attrfiles import missing_files
+
+    return lambda paths: missing_files(root, paths)
 
 
-def _missing_files(root: str, paths: Iterable[str]) -> set[str]:
-    """Those of ``paths`` that are not regular files the walk of ``root`` reaches: each directory
-    they name is checked to be a directory reached without a symlink, and listed once."""
-    by_dir: dict[str, list[str]] = {}
-    for p in paths:
-        d, _, name = p.rpartition("/")
-        names = by_dir.get(d)
-        if names is None:
-            by_dir[d] = [name]
-        else:
-            names.append(name)
-    real: dict[str, bool] = {"": True}  # relative directory -> a real directory, no symlink above
+ATTR_WORKER = True  # read a large attributes file in a worker process (tests turn it off)
 
-    def is_real(d: str) -> bool:
-        todo: list[str] = []
-        while d not in real:
-            todo.append(d)
-            d = d.rpartition("/")[0]
-        ok = real[d]
-        for sub in reversed(todo):
-            if ok:
-                try:
-                    ok = stat.S_ISDIR(os.lstat(os.path.join(root, sub)).st_mode)
-                except (OSError, ValueError):
-                    ok = False
-            real[sub] = ok
-        return ok
 
-    missing: set[str] = set()
-    for d, names in by_dir.items():
-        files: set[str] = set()
-        if is_real(d):
-            try:
-                with os.scandir(os.path.join(root, d) if d else root) as it:
-                    for e in it:
-                        try:
-                            if e.is_file(follow_symlinks=False):
-                                files.add(e.name)
-                        except OSError:
-                            continue
-            except (OSError, ValueError):
-                pass  # the walk reports it (or skips it with --skip-on-error)
-        prefix = d + "/" if d else ""
-        missing.update(prefix + n for n in names if n not in files)
-    return missing
+def _attr_worker(ctx: Context, path: str | os.PathLike[str], source: Any, schema: Any) -> AttrWorker | None:
+    """A worker process reading, checking and indexing the attributes file ``source`` of an
+    upload of ``path`` (``api/attrworker.py``), once it has checked the rows (raises what they
+    break); ``None`` where one cannot run (the caller reads the rows itself)."""
+    from datamon.api.attrworker import AttrWorker, AttrWorkerError, can_share
+
+    if not ATTR_WORKER or not can_share(ctx):
+        return None
+    try:
+        worker = AttrWorker(ctx, check_root(path), os.fspath(source), schema)
+    except AttrWorkerError:
+        return None
+    worker.checked()
+    return worker
 
 
 def _in_background(fn: Callable[..., Any], *args: Any) -> Future[Any]:

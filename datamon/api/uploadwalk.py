@@ -24,7 +24,7 @@ from datamon.errors import UsageError
 if TYPE_CHECKING:
     from datamon.api.context import Context
     from datamon.api.dirwalk import ProcessLister, ThreadLister
-    from datamon.api.walkindex import WalkIndexer
+    from datamon.api.walkindex import DirReports
     from datamon.cas.ingest import FileResult, Ingester
 
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -161,7 +161,7 @@ class _Walk:
         scope: str,
         *,
         use_dirs: bool,
-        indexer: WalkIndexer | None = None,
+        indexer: DirReports | None = None,
     ) -> None:
         self.ing = ing
         self.indexer = indexer

@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Mapping
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from datamon.api.fileindex import (
     _ZERO,
@@ -38,6 +38,24 @@ if TYPE_CHECKING:
 _FILE, _SYMLINK = 1, 3  # cas.tree.EntryKind
 _MODE_BITS = 0o7777
 _by_name = itemgetter(0)
+
+
+class DirReports(Protocol):
+    """What an upload's walk reports as it finishes directories (``WalkIndexer``, and
+    ``api/attrworker.py``'s ``AttrWorker``, which hands them to one in a worker process)."""
+
+    def dir_done(
+        self,
+        path: bytes,
+        tree: bytes,
+        files: tuple[list[bytes], list[int], list[int], list[int], list[bytes]],
+        links: list[tuple[bytes, bytes, int, int]],
+        subs: list[tuple[bytes, int, int, bytes, int, int]],
+    ) -> None: ...
+
+    def dir_reused(self, path: bytes, tree: bytes) -> None: ...
+
+    def restart(self) -> None: ...
 
 
 class WalkIndexer:

@@ -1,0 +1,257 @@
+"""An upload's attributes file, read and indexed in a process of its own (``api/upload.py``).
+
+An upload walks its tree with a main process that is busy (it dedups, packs and writes the object
+index, one core's worth) and worker processes that list and read. Reading a million attribute
+rows, indexing a million files and encoding the attributes object is as much work again, mostly
+Python: in the main process it would queue behind the walk for the one interpreter lock. So when
+the rows come from a file and nothing can be carried over from a parent (a first upload with
+attributes, or a parent without any), an ``AttrWorker`` process does it:
+
+1. it reads and checks the rows (schema, paths of files of the upload) while the main process
+   waits: nothing is written before they are known to be good, as ever (docs/query.md);
+2. during the walk it receives each finished directory (batched) and indexes it with a
+   ``WalkIndexer`` (``api/walkindex.py``) on its own connection to the metadata database, and
+   encodes the attributes object meanwhile;
+3. at the end it stores the object (``attrs/<key>``) and returns the root node and the key.
+
+The worker is ``python -m datamon.api.attrworker`` with ``multiprocessing`` connections over its
+stdin and stdout (as the walk's listing workers, ``api/dirwalk.py``). Ctrl-C is the parent's
+business; the worker ends when its input closes, so an interrupted upload leaves none behind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from datamon import errors
+
+if TYPE_CHECKING:
+    from datamon.api.attributes import Schema
+    from datamon.api.context import Context
+
+BATCH_ENTRIES = 50_000  # directory entries sent to the worker together
+START_TIMEOUT = 60.0
+
+
+class AttrWorkerError(RuntimeError):
+    """The worker could not be started (the caller reads the rows itself instead)."""
+
+
+def can_share(ctx: Context) -> bool:
+    """Whether a worker process can open the context's stores (not an in-memory database)."""
+    url = ctx.meta_url
+    if url.startswith("sqlite"):
+        return not (
+            url.rstrip("/") in ("sqlite:", "sqlite+pysqlite:") or ":memory:" in url or "mode=memory" in url
+        )
+    return True
+
+
+class AttrWorker:
+    """The parent's side: ``start`` (reads and checks the rows, raising what they break), then the
+    walk's reports (``dir_done``, ``dir_reused``, ``restart``, as ``WalkIndexer``), ``finish``."""
+
+    def __init__(self, ctx: Context, root: str, source: str, schema: Schema | None) -> None:
+        self._batch: list[tuple[Any, ...]] = []
+        self._entries = 0
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        env = dict(os.environ)
+        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "datamon.api.attrworker"],
+                stdin=to_child_r,
+                stdout=from_child_w,
+                close_fds=True,
+                env=env,
+            )
+        except OSError as e:
+            for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
+                os.close(fd)
+            raise AttrWorkerError(f"cannot start the attributes worker: {e}") from e
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self._send = Connection(to_child_w, readable=False)
+        self._recv = Connection(from_child_r, writable=False)
+        args = {
+            "blob_url": ctx.blob_url,
+            "meta_url": ctx.meta_url,
+            "name": ctx._named,
+            "cache_dir": ctx.cache_dir,
+            "cache_bytes": ctx.cache_bytes,
+            "compression_level": ctx.compression_level,
+        }
+        try:
+            self._send.send(("start", os.fspath(source), schema, root, args))
+        except OSError as e:
+            self.close()
+            raise AttrWorkerError(f"cannot start the attributes worker: {e}") from e
+
+    def checked(self) -> None:
+        """Wait until the worker has read and checked the rows; raise what they break."""
+        try:
+            if not self._recv.poll(START_TIMEOUT * 10):
+                raise AttrWorkerError("the attributes worker did not answer")
+            self._reply(self._recv.recv(), "ok")
+        except BaseException:
+            self.close()
+            raise
+
+    def _reply(self, msg: tuple[Any, ...], want: str) -> tuple[Any, ...]:
+        if msg[0] == want:
+            return msg
+        if msg[0] == "error":  # the user's error (a bad row, a path that is not a file)
+            cls = getattr(errors, msg[1], None)
+            plain = isinstance(cls, type) and issubclass(cls, errors.DatamonError)
+            if plain and cls.__init__ is errors.DatamonError.__init__:  # type: ignore[misc]
+                raise cls(msg[2], msg[3])  # type: ignore[misc]
+            raise errors.UsageError(msg[2], msg[3])
+        raise RuntimeError(f"the attributes worker failed:\n{msg[1] if len(msg) > 1 else msg}")
+
+    # -- the walk's reports -------------------------------------------------------------------
+    def _put(self, ev: tuple[Any, ...], entries: int) -> None:
+        self._batch.append(ev)
+        self._entries += entries + 1
+        if self._entries >= BATCH_ENTRIES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._batch:
+            batch, self._batch, self._entries = self._batch, [], 0
+            try:
+                self._send.send(("events", batch))
+            except OSError:  # the worker is gone: what it said is read by ``finish``
+                pass
+
+    def restart(self) -> None:
+        self._put(("restart",), 0)
+
+    def dir_reused(self, path: bytes, tree: bytes) -> None:
+        self._put(("reused", path, tree), 1)
+
+    def dir_done(
+        self,
+        path: bytes,
+        tree: bytes,
+        files: tuple[list[bytes], list[int], list[int], list[int], list[bytes]],
+        links: list[tuple[bytes, bytes, int, int]],
+        subs: list[tuple[bytes, int, int, bytes, int, int]],
+    ) -> None:
+        self._put(("done", path, tree, files, links, subs), len(files[0]) + len(links) + len(subs))
+
+    def finish(self) -> tuple[bytes, str | None]:
+        """The root index node and the attributes key (``None``: every row was empty), once the
+        worker has written every node and stored the object."""
+        self._flush()
+        try:
+            self._send.send(("end",))
+        except OSError:
+            pass
+        try:
+            msg = self._reply(self._recv.recv(), "done")
+        except EOFError:
+            raise RuntimeError("the attributes worker ended unexpectedly") from None
+        return msg[1], msg[2]
+
+    def close(self) -> None:
+        """Stop the worker (done, or the upload failed: it then writes nothing more)."""
+        for c in (self._send,):
+            try:
+                c.close()
+            except OSError:
+                pass
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        try:
+            self._recv.close()
+        except OSError:
+            pass
+
+
+# -- the worker process -------------------------------------------------------------------------
+
+
+def _serve(inp: Connection, out: Connection) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from datamon.api.attrfiles import missing_files, read_attr_lines
+    from datamon.api.attributes import Extras, encode_attr_lines, put_attrs
+    from datamon.api.context import Context
+    from datamon.api.walkindex import WalkIndexer
+
+    try:
+        _, source, schema, root, args = inp.recv()
+    except EOFError:
+        return
+    try:
+        lines = read_attr_lines(source, schema)
+        Extras("", {}, lines, schema).check_paths(lambda paths: missing_files(root, paths))
+    except errors.DatamonError as e:
+        out.send(("error", type(e).__name__, e.message, e.hint))
+        return
+    out.send(("ok",))
+    ctx = Context(args.pop("blob_url"), args.pop("meta_url"), **args)
+    indexer = WalkIndexer(ctx, root, lines)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datamon-attrs-encode")
+    try:
+        encoding = pool.submit(encode_attr_lines, lines)
+        while True:
+            try:
+                msg = inp.recv()
+            except EOFError:
+                return
+            if msg[0] == "events":
+                for ev in msg[1]:
+                    if ev[0] == "done":
+                        indexer.dir_done(*ev[1:])
+                    elif ev[0] == "reused":
+                        indexer.dir_reused(ev[1], ev[2])
+                    else:
+                        indexer.restart()
+            elif msg[0] == "end":
+                try:
+                    node = indexer.finish()
+                    raw = encoding.result()
+                    key = put_attrs(ctx, raw) if raw else None
+                except errors.DatamonError as e:  # the store's (a tree it had to read is damaged)
+                    out.send(("error", type(e).__name__, e.message, e.hint))
+                    return
+                out.send(("done", node, key))
+                return
+    finally:
+        indexer.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+        ctx.close()
+
+
+def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    inp = Connection(os.dup(0), writable=False)
+    out = Connection(os.dup(1), readable=False)
+    os.dup2(2, 1)  # anything printed by accident goes to stderr, never into the message stream
+    try:
+        _serve(inp, out)
+    except (BrokenPipeError, EOFError):
+        return
+    except BaseException:  # a bug: the parent raises it
+        import traceback
+
+        try:
+            out.send(("fail", traceback.format_exc()))
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    main()
