@@ -73,6 +73,12 @@ _TESTS: Final = {
     "float": "((type({v}) is float and (LO <= {v} < HI or -HI < {v} <= -LO or {v} == 0.0))"
     " or (type({v}) is int and -I <= {v} < I))",
 }
+# A normal path: the test of ``normalize_path``'s fast branch inline (true only of paths it
+# returns unchanged), else ``_normal``.
+_PATH_TEST: Final = (
+    '(type({v}) is str and (({v}.isascii() and {v} != "" and {v}[0] != "/" and {v}[0] != "."'
+    ' and {v}[-1] != "/" and "//" not in {v} and "/." not in {v} and "\\x00" not in {v}) or _normal({v})))'
+)
 _UNKNOWN: Final[Any] = object()
 _SHAPES_MAX: Final = 256  # record shapes (key sequences) given a fast test; others go the careful road
 _KEYS_MAX: Final = 64
@@ -103,7 +109,7 @@ def _shape_test(keys: tuple[Any, ...], schema: Schema | None) -> Callable[[dict[
     tests: list[str] = []
     for i, k in enumerate(keys):
         if k == "path":
-            tests.append(f"(type(v{i}) is str and _normal(v{i}))")
+            tests.append(_PATH_TEST.format(v=f"v{i}"))
             continue
         col = cols.get(k)
         if col is None:
@@ -207,21 +213,78 @@ class LineReader:
 
 
 def _read_jsonl(path: str, reader: LineReader) -> dict[str, str]:
+    with open(path, encoding="utf-8") as f:  # universal newlines, as ever
+        return _read_lines(f, reader, 1)
+
+
+def _read_lines(lines: Iterable[str], reader: LineReader, first: int) -> dict[str, str]:
     loads, bad = orjson.loads, orjson.JSONDecodeError
     add = reader.add
-    with open(path, encoding="utf-8") as f:  # universal newlines, as ever
-        for n, line in enumerate(f, 1):
-            try:
-                rec = loads(line)
-            except bad:
-                if not line.strip():
-                    continue
-                rec = None  # json decides (and words the error)
-            if rec is None or type(rec) is not dict:
-                add(n, None, line)
-            else:
-                add(n, rec, line)
+    for n, line in enumerate(lines, first):
+        try:
+            rec = loads(line)
+        except bad:
+            if not line.strip():
+                continue
+            rec = None  # json decides (and words the error)
+        if rec is None or type(rec) is not dict:
+            add(n, None, line)
+        else:
+            add(n, rec, line)
     return reader.lines
+
+
+SPLIT_BYTES: Final = 16 << 20  # a JSON Lines file this large is read in two halves at once
+
+
+def split_point(path: str) -> int | None:
+    """Where a large JSON Lines file may be cut in two (just after a line end near its middle),
+    or ``None`` (small, another format, no line end there)."""
+    if path.lower().rsplit(".", 1)[-1] not in ("jsonl", "ndjson", "json"):
+        return None
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < SPLIT_BYTES:
+                return None
+            f.seek(size // 2)
+            rest = f.read(1 << 20)
+    except OSError:
+        return None
+    i = rest.find(b"\n")
+    mid = size // 2 + i + 1
+    return mid if i >= 0 and mid < size else None
+
+
+def read_jsonl_part(path: str, schema: Schema | None, start: int, stop: int | None) -> dict[str, str]:
+    """``read_attr_lines`` of the lines of JSON Lines file ``path`` in bytes ``[start, stop)``
+    (``start`` 0 or a ``split_point``), numbered in errors as in the whole file."""
+    import io
+
+    try:
+        with open(path, "rb") as f:
+            first = 1
+            if start:
+                head = f.read(start)  # universal newlines: \r\n, \r and \n each end a line
+                first += head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n")
+                del head
+            data = f.read() if stop is None else f.read(stop - start)
+        text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", newline=None)
+        return _read_lines(text, LineReader(path, schema), first)
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def merge_parts(path: str, first: dict[str, str], second: dict[str, str]) -> dict[str, str]:
+    """The rows of a file read in two parts (``read_jsonl_part``): a path in both is an error,
+    named at its second row, as a reading in one pass names it."""
+    for p in second:
+        if p in first:
+            raise UsageError(f"{path}: path {p!r} has two rows", "give each path one row")
+    first.update(second)
+    return first
 
 
 def _csv_records(path: str, schema: Schema | None) -> Iterator[dict[str, Any]]:

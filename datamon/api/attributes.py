@@ -465,25 +465,38 @@ def store_attrs(ctx: Context, rows: Mapping[str, Row]) -> str | None:
 
 def store_attr_lines(ctx: Context, lines: Mapping[str, str]) -> str | None:
     """``store_attrs`` of rows given as their object lines (``line_of``)."""
+    packed = pack_attr_lines(lines)
+    return put_packed(ctx, packed) if packed is not None else None
+
+
+Packed = tuple[str, bytes]  # an attributes object's key (hex) and its stored (compressed) bytes
+
+
+def pack_attr_lines(lines: Mapping[str, str]) -> Packed | None:
+    """The attributes object of ``lines``, encoded and compressed, ready to store (``put_packed``);
+    ``None`` when there is no row."""
     raw = encode_attr_lines(lines)
-    if not raw:
-        return None
-    return put_attrs(ctx, raw)
+    return pack_attrs(raw) if raw else None
 
 
-def put_attrs(ctx: Context, raw: bytes) -> str:
-    """Store the encoded attributes object ``raw`` (if not there yet); its key (hex)."""
+def pack_attrs(raw: bytes) -> Packed:
+    """The encoded attributes object ``raw``, named and compressed (``put_packed`` stores it)."""
     import zstandard
 
     from datamon.cas.hashing import key_of
 
     if len(raw) > MAX_ATTRS_BYTES:
         raise UsageError(f"the attributes are {len(raw)} bytes encoded, more than {MAX_ATTRS_BYTES}")
-    key = key_of(raw).hex()
+    return key_of(raw).hex(), zstandard.ZstdCompressor(level=3, write_content_size=True).compress(raw)
+
+
+def put_packed(ctx: Context, packed: Packed) -> str:
+    """Store a packed attributes object (if not there yet); its key (hex)."""
+    key, data = packed
     name = ATTRS_BLOB_PREFIX + key
     blobs = ctx.cas.blobs
     if blobs.size(name) is None:
-        blobs.put(name, zstandard.ZstdCompressor(level=3, write_content_size=True).compress(raw))
+        blobs.put(name, data)
     return key
 
 
@@ -634,10 +647,16 @@ class Extras:
                     check_row(p, row_of_line(self.parent_lines[p]), self.schema)
 
     def finish(
-        self, ctx: Context, tree: str, parents: Sequence[str], *, encoded: bytes | None = None
+        self,
+        ctx: Context,
+        tree: str,
+        parents: Sequence[str],
+        *,
+        packed: Callable[[], Packed | None] | None = None,
     ) -> tuple[dict[str, Any], str | None]:
-        """(meta, attributes key) for the bundle with root ``tree`` and ``parents``. ``encoded`` is
-        ``encode_attr_lines`` of the new rows, if the caller made it (used if nothing is carried)."""
+        """(meta, attributes key) for the bundle with root ``tree`` and ``parents``. ``packed``
+        gives ``pack_attr_lines`` of the new rows, if the caller made it (used if nothing is
+        carried over)."""
         lines: dict[str, str] = {}
         parent = self.parent
         if parents and (parent is None or parent.id != parents[0]):
@@ -660,8 +679,9 @@ class Extras:
             else:
                 lines = self.lines  # nothing carried: the new rows as they are (no copy)
         self.final_lines = lines
-        if encoded is not None and not self.carried:
-            return self.meta, put_attrs(ctx, encoded) if encoded else None
+        if packed is not None and not self.carried:
+            made = packed()
+            return self.meta, put_packed(ctx, made) if made is not None else None
         return self.meta, store_attr_lines(ctx, lines) if lines else None
 
 

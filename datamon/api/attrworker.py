@@ -87,17 +87,31 @@ class AttrWorker:
             "cache_bytes": ctx.cache_bytes,
             "compression_level": ctx.compression_level,
         }
+        from datamon.api.attrfiles import split_point
+
+        self._source, self._schema, self._root = os.fspath(source), schema, root
+        self._mid = split_point(self._source)
         try:
-            self._send.send(("start", os.fspath(source), schema, root, args))
+            self._send.send(("start", self._source, schema, root, args, self._mid))
         except OSError as e:
             self.close()
             raise AttrWorkerError(f"cannot start the attributes worker: {e}") from e
 
     def checked(self) -> None:
-        """Wait until the worker has read and checked the rows; raise what they break."""
+        """Wait until the rows are read and checked; raise what they break. A large file is read
+        in two halves at once: the first here (this process waits anyway), the second by the
+        worker; an error of the first half is the earlier one in the file."""
+        from datamon.api.attrfiles import missing_files, read_jsonl_part
+
         try:
-            if not self._recv.poll(START_TIMEOUT * 10):
-                raise AttrWorkerError("the attributes worker did not answer")
+            if self._mid is not None:
+                first = read_jsonl_part(self._source, self._schema, 0, self._mid)
+                missing = missing_files(self._root, first)
+                try:
+                    self._send.send(("first", first, missing))
+                except OSError:  # the worker stopped at an error of its half: its reply says
+                    pass
+                del first
             self._reply(self._recv.recv(), "ok")
         except BaseException:
             self.close()
@@ -183,18 +197,27 @@ class AttrWorker:
 def _serve(inp: Connection, out: Connection) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from datamon.api.attrfiles import missing_files, read_attr_lines
-    from datamon.api.attributes import Extras, encode_attr_lines, put_attrs
+    from datamon.api.attrfiles import merge_parts, missing_files, read_attr_lines, read_jsonl_part
+    from datamon.api.attributes import Extras, pack_attr_lines, put_packed
     from datamon.api.context import Context
     from datamon.api.walkindex import WalkIndexer
 
     try:
-        _, source, schema, root, args = inp.recv()
+        _, source, schema, root, args, mid = inp.recv()
     except EOFError:
         return
     try:
-        lines = read_attr_lines(source, schema)
-        Extras("", {}, lines, schema).check_paths(lambda paths: missing_files(root, paths))
+        if mid is None:
+            lines = read_attr_lines(source, schema)
+            missing = missing_files(root, lines)
+        else:  # the second half; the parent reads the first (raising its errors first)
+            second = read_jsonl_part(source, schema, mid, None)
+            missing = missing_files(root, second)
+            _, first, missing_first = inp.recv()
+            lines = merge_parts(source, first, second)
+            missing |= missing_first
+            del first, second
+        Extras("", {}, lines, schema).check_paths(lambda paths: missing)
     except errors.DatamonError as e:
         out.send(("error", type(e).__name__, e.message, e.hint))
         return
@@ -203,7 +226,7 @@ def _serve(inp: Connection, out: Connection) -> None:
     indexer = WalkIndexer(ctx, root, lines)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datamon-attrs-encode")
     try:
-        encoding = pool.submit(encode_attr_lines, lines)
+        encoding = pool.submit(pack_attr_lines, lines)
         while True:
             try:
                 msg = inp.recv()
@@ -220,8 +243,8 @@ def _serve(inp: Connection, out: Connection) -> None:
             elif msg[0] == "end":
                 try:
                     node = indexer.finish()
-                    raw = encoding.result()
-                    key = put_attrs(ctx, raw) if raw else None
+                    packed = encoding.result()
+                    key = put_packed(ctx, packed) if packed is not None else None
                 except errors.DatamonError as e:  # the store's (a tree it had to read is damaged)
                     out.send(("error", type(e).__name__, e.message, e.hint))
                     return

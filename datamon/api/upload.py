@@ -107,7 +107,7 @@ def upload(
     _quiet_gc()
     indexer: WalkIndexer | None = None
     worker: AttrWorker | None = None
-    encoding: Future[bytes] | None = None
+    encoding: Future[attrs.Packed | None] | None = None
     try:
         local = files is None and not _is_remote(path)
         from_file = isinstance(attributes, str | os.PathLike) and local
@@ -129,7 +129,7 @@ def upload(
             from datamon.api.walkindex import WalkIndexer
 
             indexer = WalkIndexer(ctx, check_root(path), extras.lines or {})
-            encoding = _in_background(attrs.encode_attr_lines, extras.lines or {})
+            encoding = _in_background(attrs.pack_attr_lines, extras.lines or {})
         t = upload_tree(
             ctx,
             path,
@@ -154,7 +154,7 @@ def upload(
             root_node, attrs_key = worker.finish()
         else:
             bundle_meta, attrs_key = extras.finish(
-                ctx, tree_hex, parent_ids, encoded=encoding.result() if encoding is not None else None
+                ctx, tree_hex, parent_ids, packed=encoding.result if encoding is not None else None
             )
             if indexer is not None and not extras.carried:
                 root_node = indexer.finish()

@@ -198,3 +198,87 @@ def test_jsonl_values_the_fast_road_must_not_take(tmp_path: Path) -> None:
         read_attr_lines(f, schema)
     f.write_text('{"path": "a", "w": "640", "s": 1e20}\n')
     assert read_attr_lines(f, schema) == {"a": '{"path":"a","s":1e+20,"w":640}'}
+
+
+# -- the attributes worker process (a file source, nothing carried over) -------------------------
+
+
+def _jsonl(path: Path, rows: dict[str, dict[str, Any]]) -> Path:
+    with path.open("w", encoding="utf-8") as f:
+        for p, row in rows.items():
+            f.write(json.dumps({"path": p, **row}, ensure_ascii=False) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_attributes_worker_indexes_as_the_walk_goes(
+    store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, split: bool
+) -> None:
+    """Rows from a file are read (in two halves at once when ``split``), checked and indexed by a
+    worker process: the bundle's attributes and index are those of the same rows given in memory."""
+    from datamon.api import attrfiles, attrworker
+
+    monkeypatch.setattr(attrfiles, "SPLIT_BYTES", 1 if split else 1 << 40)
+    started: list[str] = []
+    checked = attrworker.AttrWorker.checked
+    monkeypatch.setattr(
+        attrworker.AttrWorker, "checked", lambda w: (started.append(w._source), checked(w))[1]
+    )
+    src = tmp_path / "src"
+    rows = _tree(src)
+    source = _jsonl(tmp_path / "rows.jsonl", rows)
+    assert (attrfiles.split_point(str(source)) is not None) == split
+    ctx = store.context()
+    ctx.create_repo("r")
+    b = ctx.upload("r", src, "from a file", attributes=source).bundle
+    assert started == [str(source)]  # the worker read it
+    walked_root, walked = ctx.meta.bundle_index_node(b.id), _dump(ctx)
+    root, rebuilt = _reindexed(ctx, b.id)
+    assert root == walked_root and walked == rebuilt
+    ctx.create_repo("mem")
+    same = ctx.upload("mem", src, "in memory", attributes=rows).bundle
+    assert same.attrs == b.attrs and ctx.meta.bundle_index_node(same.id) == root
+    ctx.close()
+
+
+@pytest.mark.parametrize(
+    "where, want",
+    [
+        ({10: {"width": "wide"}, 1990: {"width": "wider"}}, r"'d/f0010'.*'width' value 'wide'"),
+        ({1990: {"width": "wider"}}, r"'d/f1990'.*'width' value 'wider'"),
+        ({1990: {"path": "d/f0003"}}, r"path 'd/f0003' has two rows"),
+        (
+            {3: {"path": "nope/a"}, 1995: {"path": "nope/b"}},
+            r"attributes name 2 path\(s\) .*'nope/a', 'nope/b'",
+        ),
+    ],
+)
+def test_attributes_worker_refuses_bad_rows_before_writing(
+    store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: dict[int, dict[str, Any]], want: str
+) -> None:
+    """Errors in either half of a file read in two halves: the first in the file is named, and
+    nothing is written (no blob, no bundle)."""
+    from datamon.api import attrfiles
+    from datamon.errors import UsageError
+
+    monkeypatch.setattr(attrfiles, "SPLIT_BYTES", 1)
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    rows: dict[str, dict[str, Any]] = {}
+    for i in range(2000):
+        (src / "d" / f"f{i:04}").write_bytes(f"{i}".encode())
+        rows[f"d/f{i:04}"] = {"width": i}
+    lines = [{"path": p, **r} for p, r in rows.items()]
+    for i, change in where.items():
+        lines[i] = {**lines[i], **change}
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    ctx = store.context()
+    ctx.create_repo("r")
+    ctx.meta.set_schema("r", json.dumps({"attributes": {"width": {"type": "int"}}}))
+    before = store.blobs()
+    with pytest.raises(UsageError, match=want):
+        ctx.upload("r", src, "bad", attributes=source)
+    assert store.blobs() == before
+    assert ctx.meta.latest_bundle("r") is None
+    ctx.close()
