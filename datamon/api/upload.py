@@ -36,7 +36,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,9 +48,8 @@ from datamon.cas.hashing import key_of
 from datamon.errors import UsageError
 
 if TYPE_CHECKING:
-    from datamon.api.attrworker import AttrWorker
     from datamon.api.context import Context
-    from datamon.api.walkindex import DirReports, WalkIndexer
+    from datamon.api.walkindex import DirReports
     from datamon.meta.records import BundleRecord
 
 
@@ -94,42 +92,21 @@ def upload(
     ``concurrency`` is the number of workers listing and reading (default: one per CPU).
     Raises ``NotFound`` for an unknown repo or parent. Safe to interrupt and rerun.
     """
-    from datamon.api import attributes as attrs
+    from datamon.api.uploadattrs import AttrPlan
 
-    bundle_meta: Mapping[str, Any] | None = meta
     t0 = time.perf_counter()
     ctx.meta.get_repo(repo)
     if not message:
         raise UsageError("a bundle needs a message", "pass --message")
     parent_ids = [parent_id(ctx, repo, p) for p in parents] if parents else None
-    # the attribute rows (a million dicts) live through the whole upload: the collector's
+    # the attribute rows (a million lines) live through the whole upload: the collector's
     # quiet mode (as for the walk) keeps its scans from going over them again and again
     _quiet_gc()
-    indexer: WalkIndexer | None = None
-    worker: AttrWorker | None = None
-    encoding: Future[attrs.Packed | None] | None = None
+    plan: AttrPlan | None = None
     try:
         local = files is None and not _is_remote(path)
-        from_file = isinstance(attributes, str | os.PathLike) and local
-        extras = attrs.prepare(
-            ctx, repo, meta=bundle_meta, attributes=None if from_file else attributes, parents=parent_ids
-        )
-        if from_file and not extras.parent_lines:
-            # nothing to carry over: the rows are read, checked and indexed by a worker process
-            worker = _attr_worker(ctx, path, attributes, extras.schema)
-            if worker is not None and parent_ids is None:  # the parent the rows were checked against
-                parent_ids = [extras.parent.id] if extras.parent is not None else []
-        if from_file and worker is None:
-            from datamon.api.attrfiles import read_attr_lines
-
-            extras.lines = read_attr_lines(attributes, extras.schema)
-        if extras.final_known and local:
-            # every row is known before the walk: index each directory as the walk finishes it,
-            # and encode the attributes object meanwhile
-            from datamon.api.walkindex import WalkIndexer
-
-            indexer = WalkIndexer(ctx, check_root(path), extras.lines or {})
-            encoding = _in_background(attrs.pack_attr_lines, extras.lines or {})
+        plan = AttrPlan(ctx, repo, path, meta=meta, attributes=attributes, parents=parent_ids, local=local)
+        parent_ids = plan.parents
         t = upload_tree(
             ctx,
             path,
@@ -137,8 +114,8 @@ def upload(
             skip_on_error=skip_on_error,
             concurrency=concurrency,
             progress=progress,
-            check_paths=extras.check_paths if extras.needs_paths else None,
-            indexer=worker if worker is not None else indexer,
+            check_paths=plan.check_paths,
+            indexer=plan.reports,
         )
         tree_hex, nfiles, nbytes = t.tree, t.files, t.bytes
 
@@ -148,16 +125,7 @@ def upload(
             latest = ctx.meta.latest_bundle(repo)
             parent_ids = [latest.id] if latest else []
         who = ctx.contributor
-        root_node: bytes | None = None
-        if worker is not None:
-            bundle_meta = extras.meta
-            root_node, attrs_key = worker.finish()
-        else:
-            bundle_meta, attrs_key = extras.finish(
-                ctx, tree_hex, parent_ids, packed=encoding.result if encoding is not None else None
-            )
-            if indexer is not None and not extras.carried:
-                root_node = indexer.finish()
+        bundle_meta, attrs_key = plan.finish(tree_hex, parent_ids)
         bundle = make_bundle(
             repo=repo,
             tree=tree_hex,
@@ -171,20 +139,11 @@ def upload(
             meta=bundle_meta,
             attrs=attrs_key,
         )
-        if attrs_key is not None:  # a bundle with attributes is indexed before its row is written;
-            # others when first queried (docs/query.md)
-            if root_node is not None:
-                ctx.meta.set_bundle_index(bundle.id, root_node)
-            else:  # rows were carried over after all (a new latest bundle): index from the rows
-                from datamon.api.fileindex import index_bundle, texts_of
-
-                index_bundle(ctx, bundle, texts=texts_of(extras.final_lines))
+        plan.index(bundle)  # a bundle with attributes is indexed before its row is written
         ctx.meta.add_bundle(bundle)
     finally:
-        if indexer is not None:
-            indexer.close()
-        if worker is not None:
-            worker.close()
+        if plan is not None:
+            plan.close()
         _restore_gc()
     if label:
         from datamon.api.labels import set_label
@@ -332,39 +291,6 @@ def _missing_of(root: str, local_top: LocalDir | None) -> Callable[[Iterable[str
     from datamon.api.attrfiles import missing_files
 
     return lambda paths: missing_files(root, paths)
-
-
-ATTR_WORKER = True  # read a large attributes file in a worker process (tests turn it off)
-
-
-def _attr_worker(ctx: Context, path: str | os.PathLike[str], source: Any, schema: Any) -> AttrWorker | None:
-    """A worker process reading, checking and indexing the attributes file ``source`` of an
-    upload of ``path`` (``api/attrworker.py``), once it has checked the rows (raises what they
-    break); ``None`` where one cannot run (the caller reads the rows itself)."""
-    from datamon.api.attrworker import AttrWorker, AttrWorkerError, can_share
-
-    if not ATTR_WORKER or not can_share(ctx):
-        return None
-    try:
-        worker = AttrWorker(ctx, check_root(path), os.fspath(source), schema)
-    except AttrWorkerError:
-        return None
-    worker.checked()
-    return worker
-
-
-def _in_background(fn: Callable[..., Any], *args: Any) -> Future[Any]:
-    """``fn(*args)`` on a thread of its own; its result (or exception) through the future."""
-    fut: Future[Any] = Future()
-
-    def run() -> None:
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as e:
-            fut.set_exception(e)
-
-    threading.Thread(target=run, name="datamon-background", daemon=True).start()
-    return fut
 
 
 def _is_remote(path: str | os.PathLike[str]) -> bool:
