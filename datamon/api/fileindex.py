@@ -32,7 +32,7 @@ PAGE_MAX: Final = 256  # entries a node holds before it is cut into pages
 PAGE_BITS: Final = 31  # boundary after an entry whose CRC & PAGE_BITS == 0: pages of ~32 entries
 PAGE_HARD: Final = 1024  # a page never holds more than this many entries
 FLUSH_ROWS: Final = 100_000  # rows buffered before a batch of finished nodes is written
-_ZERO: Final = bytes(32)
+NO_ATTRS: Final = bytes(32)
 _TAG: Final = b"DMIDX1 "
 
 
@@ -47,7 +47,7 @@ def dir_node(tree: bytes, attrs_digest: bytes) -> bytes:
     return _key(b"dir ", tree, attrs_digest)
 
 
-def _text(name: str) -> str:
+def db_text(name: str) -> str:
     """A name as text the database stores: non-UTF-8 bytes (kept as surrogates) become ``\\xNN``."""
     try:
         name.encode("utf-8")
@@ -57,28 +57,28 @@ def _text(name: str) -> str:
 
 
 @dataclass
-class _AttrDir:
+class AttrDir:
     files: dict[str, str]  # name -> canonical JSON of the row
-    dirs: dict[str, _AttrDir]
-    digest: bytes = _ZERO
+    dirs: dict[str, AttrDir]
+    digest: bytes = NO_ATTRS
 
 
-def _attr_trie(texts: Mapping[str, str]) -> _AttrDir:
+def attr_trie(texts: Mapping[str, str]) -> AttrDir:
     """The attributes of a bundle as a trie of directories, each with its digest, from ``texts``
     (path -> the row's canonical JSON without its path; rows with no value left out)."""
-    top = _AttrDir({}, {})
-    dirs: dict[str, _AttrDir] = {"": top}
+    top = AttrDir({}, {})
+    dirs: dict[str, AttrDir] = {"": top}
     for path, text in texts.items():
         parent, _, name = path.rpartition("/")
         d = dirs.get(parent)
         if d is None:
             d = top
             for p in parent.split("/"):
-                d = d.dirs.setdefault(p, _AttrDir({}, {}))
+                d = d.dirs.setdefault(p, AttrDir({}, {}))
             dirs[parent] = d
         d.files[name] = text
     # digests bottom-up, explicit stack
-    order: list[_AttrDir] = []
+    order: list[AttrDir] = []
     stack = [top]
     while stack:
         d = stack.pop()
@@ -95,7 +95,7 @@ def _attr_trie(texts: Mapping[str, str]) -> _AttrDir:
 
 
 _NO_FILES: Final[dict[str, str]] = {}
-_NO_DIRS: Final[dict[str, _AttrDir]] = {}
+_NO_DIRS: Final[dict[str, AttrDir]] = {}
 _DIR: Final = 2  # EntryKind.DIR
 
 
@@ -110,7 +110,7 @@ def in_memory(url: str) -> bool:
     )
 
 
-class _Writer:
+class NodeWriter:
     """Buffers finished nodes (children always before parents) and writes them in batches, on a
     thread of its own: the database's insert work (which releases the GIL) overlaps the walk.
     Batches are written in order, one at a time, each in its own transaction, so a node marked
@@ -164,10 +164,10 @@ class _Writer:
 
 
 # An item of a node: ("f", name, file row) or ("d", name, child node id) or ("p", last name, page id)
-_Item = tuple[str, str, Any]
+Item = tuple[str, str, Any]
 
 
-def _page_id(items: list[_Item]) -> bytes:
+def _page_id(items: list[Item]) -> bytes:
     """BLAKE3 of the page's rows, NUL-separated (no name, number or attributes JSON holds a NUL)."""
     parts: list[str] = []
     for kind, name, value in items:
@@ -179,7 +179,7 @@ def _page_id(items: list[_Item]) -> bytes:
     return _key(b"page2 ", "\0".join(parts).encode("utf-8", "surrogatepass"))
 
 
-def _node(node_id: bytes, items: list[_Item]) -> IndexNode:
+def _node(node_id: bytes, items: list[Item]) -> IndexNode:
     links: list[IndexLink] = []
     files: list[IndexFile] = []
     for kind, name, value in items:
@@ -190,13 +190,13 @@ def _node(node_id: bytes, items: list[_Item]) -> IndexNode:
     return node_id, links, files
 
 
-def _emit_dir(w: _Writer, node_id: bytes, items: list[_Item]) -> None:
+def emit_dir(w: NodeWriter, node_id: bytes, items: list[Item]) -> None:
     """Write a directory node, paginated if it is large (pages first)."""
     level = 0
     while len(items) > PAGE_MAX:
         level += 1
-        pages: list[_Item] = []
-        cur: list[_Item] = []
+        pages: list[Item] = []
+        cur: list[Item] = []
         for it in items:
             cur.append(it)
             if _boundary(it[1], level) or len(cur) >= PAGE_HARD:
@@ -222,14 +222,14 @@ def build(
     without its path); returns the root node id. Directories already indexed with the same
     attributes are not read. ``trees`` (key -> entries in tree order) are trees the caller just
     encoded itself: they are not read back from the store."""
-    trie = _attr_trie(texts) if texts else None
+    trie = attr_trie(texts) if texts else None
     root_tree = bytes.fromhex(tree)
-    root = dir_node(root_tree, trie.digest if trie is not None else _ZERO)
+    root = dir_node(root_tree, trie.digest if trie is not None else NO_ATTRS)
     meta = ctx.meta
     if meta.present_nodes([root]):
         meta.touch_index_nodes([root])  # shared: gc keeps it (and what it reaches) a grace period more
         return root
-    w = _Writer(ctx)
+    w = NodeWriter(ctx)
     try:
         index_tree(ctx, w, root, root_tree, trie, set(), trees)
         w.flush()
@@ -240,10 +240,10 @@ def build(
 
 def index_tree(
     ctx: Context,
-    w: _Writer,
+    w: NodeWriter,
     root: bytes,
     root_tree: bytes,
-    adir: _AttrDir | None,
+    adir: AttrDir | None,
     emitted: set[bytes],
     trees: Mapping[bytes, list[TreeEntry]] | None = None,
 ) -> None:
@@ -253,27 +253,27 @@ def index_tree(
     meta = ctx.meta
     cas = ctx.cas
     # post-order walk: (node id, tree key, attrs of this directory, items or None before expansion)
-    stack: list[tuple[bytes, bytes, _AttrDir | None, list[_Item] | None]] = [(root, root_tree, adir, None)]
+    stack: list[tuple[bytes, bytes, AttrDir | None, list[Item] | None]] = [(root, root_tree, adir, None)]
     while stack:
         node_id, tkey, adir, items = stack.pop()
         if items is not None:
-            _emit_dir(w, node_id, items)
+            emit_dir(w, node_id, items)
             emitted.add(node_id)
             continue
         known = trees.get(tkey) if trees is not None else None
         entries = known if known is not None else cas.read_tree(tkey)
         items = []
-        children: list[tuple[bytes, bytes, _AttrDir | None]] = []
+        children: list[tuple[bytes, bytes, AttrDir | None]] = []
         afiles = adir.files if adir is not None else _NO_FILES
         adirs = adir.dirs if adir is not None else _NO_DIRS
         add = items.append
         # the hot loop (one pass per file): entries unpacked as tuples (no property per
         # entry), names needing no escaping (the ASCII ones) taken as they are
         for name, kind, mode, mtime, size, key, _ in entries:
-            text = name if name.isascii() else _text(name)
+            text = name if name.isascii() else db_text(name)
             if kind == _DIR:
                 sub = adirs.get(name)
-                cid = dir_node(key, sub.digest if sub is not None else _ZERO)
+                cid = dir_node(key, sub.digest if sub is not None else NO_ATTRS)
                 add(("d", text, cid))
                 children.append((cid, key, sub))
             else:

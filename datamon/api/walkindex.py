@@ -21,14 +21,14 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from datamon.api.fileindex import (
-    _ZERO,
-    _attr_trie,
-    _AttrDir,
-    _emit_dir,
-    _Item,
-    _text,
-    _Writer,
+    NO_ATTRS,
+    AttrDir,
+    Item,
+    NodeWriter,
+    attr_trie,
+    db_text,
     dir_node,
+    emit_dir,
     index_tree,
 )
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 _FILE, _SYMLINK = 1, 3  # cas.tree.EntryKind
 _MODE_BITS = 0o7777
+_ZERO_KEY = bytes(32)  # a symlink's key in a tree
 _by_name = itemgetter(0)
 
 
@@ -73,11 +74,11 @@ class WalkIndexer:
         self.ctx = ctx
         rb = root if isinstance(root, bytes) else root.encode("utf-8", "surrogateescape")
         self.root_path = rb
-        self.w = _Writer(ctx)
+        self.w = NodeWriter(ctx)
         self.emitted: set[bytes] = set()
-        self.reused: dict[bytes, list[tuple[bytes, bytes, _AttrDir | None]]] = {}  # parent path -> children
-        self.dirs: dict[bytes, _AttrDir | None] = {}
-        self.trie: _AttrDir | None = None
+        self.reused: dict[bytes, list[tuple[bytes, bytes, AttrDir | None]]] = {}  # parent path -> children
+        self.dirs: dict[bytes, AttrDir | None] = {}
+        self.trie: AttrDir | None = None
         self.root: bytes | None = None
         self._lines: Mapping[str, str] | None = lines
         self._cv = threading.Condition()
@@ -149,7 +150,7 @@ class WalkIndexer:
                 from datamon.api.fileindex import texts_of
 
                 texts = texts_of(lines)
-                self.trie = _attr_trie(texts) if texts else None
+                self.trie = attr_trie(texts) if texts else None
                 del texts
             while True:
                 with self._cv:
@@ -175,7 +176,7 @@ class WalkIndexer:
                 self._cv.notify_all()
 
     # -- on the thread: the nodes ------------------------------------------------------------
-    def _adir(self, path: bytes) -> _AttrDir | None:
+    def _adir(self, path: bytes) -> AttrDir | None:
         """The attributes of the directory at local ``path`` (None: no file below has any)."""
         dirs = self.dirs
         if path in dirs:
@@ -195,9 +196,9 @@ class WalkIndexer:
         dirs[path] = found
         return found
 
-    def _node(self, path: bytes, tree: bytes) -> tuple[bytes, _AttrDir | None]:
+    def _node(self, path: bytes, tree: bytes) -> tuple[bytes, AttrDir | None]:
         adir = self._adir(path)
-        return dir_node(tree, adir.digest if adir is not None else _ZERO), adir
+        return dir_node(tree, adir.digest if adir is not None else NO_ATTRS), adir
 
     def _dir_reused(self, path: bytes, tree: bytes) -> None:
         nid, adir = self._node(path, tree)
@@ -226,35 +227,35 @@ class WalkIndexer:
             return
         afiles = adir.files if adir is not None else {}
         adirs = adir.dirs if adir is not None else {}
-        rows: list[tuple[bytes, _Item]] = []
+        rows: list[tuple[bytes, Item]] = []
         add = rows.append
         for raw, mode, mtime, size, key in zip(*files, strict=True):
             name = raw.decode("utf-8", "surrogateescape")
-            text = name if name.isascii() else _text(name)
+            text = name if name.isascii() else db_text(name)
             add((raw, ("f", text, (text, _FILE, size, key, mode & _MODE_BITS, mtime, afiles.get(name)))))
         for raw, target, mode, mtime in links:
             name = raw.decode("utf-8", "surrogateescape")
-            text = name if name.isascii() else _text(name)
+            text = name if name.isascii() else db_text(name)
             add(
                 (
                     raw,
                     (
                         "f",
                         text,
-                        (text, _SYMLINK, len(target), _ZERO, mode & _MODE_BITS, mtime, afiles.get(name)),
+                        (text, _SYMLINK, len(target), _ZERO_KEY, mode & _MODE_BITS, mtime, afiles.get(name)),
                     ),
                 )
             )
         for raw, _, _, sub_tree, _, _ in subs:
             name = raw.decode("utf-8", "surrogateescape")
             sub = adirs.get(name)
-            cid = dir_node(sub_tree, sub.digest if sub is not None else _ZERO)
-            add((raw, ("d", name if name.isascii() else _text(name), cid)))
+            cid = dir_node(sub_tree, sub.digest if sub is not None else NO_ATTRS)
+            add((raw, ("d", name if name.isascii() else db_text(name), cid)))
         rows.sort(key=_by_name)
-        _emit_dir(self.w, nid, [item for _, item in rows])
+        emit_dir(self.w, nid, [item for _, item in rows])
         self.emitted.add(nid)
 
-    def _complete(self, kids: list[tuple[bytes, bytes, _AttrDir | None]]) -> None:
+    def _complete(self, kids: list[tuple[bytes, bytes, AttrDir | None]]) -> None:
         """Index the reused directories ``kids`` that neither the index nor this upload has."""
         todo = [k for k in kids if k[0] not in self.emitted]
         if not todo:
