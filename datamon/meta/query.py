@@ -226,8 +226,21 @@ _SQLITE_PRAGMA: Final = 19
 _READ_PRAGMAS: Final = frozenset({"table_info", "table_xinfo"})
 
 
+def _sqlite_module() -> Any:
+    """The SQLite driver for queries: ``pysqlite3`` when installed (a current SQLite, installed
+    with datamon on Linux x86-64: its JSON functions take a third of the time of SQLite 3.40's
+    over a million files' attributes), else the standard library's ``sqlite3``. Both get the
+    same read-only connection, pragma and authorizer."""
+    import importlib
+
+    try:
+        return importlib.import_module("pysqlite3")
+    except ImportError:
+        return importlib.import_module("sqlite3")
+
+
 def _sqlite_query(path: str, sql: str, columns: list[SchemaColumn], timeout_s: float) -> QueryResult:
-    import sqlite3
+    sqlite3 = _sqlite_module()
 
     try:
         db = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=30, isolation_level=None)
@@ -250,7 +263,7 @@ def _sqlite_query(path: str, sql: str, columns: list[SchemaColumn], timeout_s: f
         db.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
         try:
             cur = db.execute(sql)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, sqlite3.Warning) as e:  # pysqlite3: two statements are a Warning
             if time.monotonic() > deadline:
                 raise _refused(f"it ran longer than {timeout_s:g} s (--timeout)") from None
             raise _refused(str(e)) from None
@@ -262,7 +275,7 @@ def _sqlite_query(path: str, sql: str, columns: list[SchemaColumn], timeout_s: f
             while True:
                 try:
                     batch = cur.fetchmany(FETCH)
-                except sqlite3.Error as e:
+                except (sqlite3.Error, sqlite3.Warning) as e:
                     if time.monotonic() > deadline:
                         raise _refused(f"it ran longer than {timeout_s:g} s (--timeout)") from None
                     raise _refused(str(e)) from None

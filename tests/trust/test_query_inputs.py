@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import make_tree
 from tests.query.conftest import Store
 from tests.teams.conftest import assert_one_line_error
@@ -55,6 +57,21 @@ def test_writes_are_refused_by_the_database(store: Store, tmp_path: Path) -> Non
         store.ok("label", "get", "--repo", "r", "--label", "prod", "--format", "{bundle}").out.strip() == bid
     )
     assert store.rows("SELECT message FROM bundles") == [{"message": "m"}]
+
+
+def test_writes_are_refused_by_the_standard_library_sqlite_too(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where pysqlite3 is not installed, `datamon query` uses Python's own sqlite3 (an older
+    SQLite): the same refusals, the same one-line errors."""
+    import importlib
+
+    from datamon.meta import query
+
+    if store.kind != "sqlite":
+        pytest.skip("SQLite only")
+    monkeypatch.setattr(query, "_sqlite_module", lambda: importlib.import_module("sqlite3"))
+    test_writes_are_refused_by_the_database(store, tmp_path)
 
 
 def test_a_query_that_runs_too_long_is_stopped(store: Store) -> None:
