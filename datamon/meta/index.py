@@ -33,6 +33,31 @@ _SQLITE_ADD_OBJECTS: Final = (
 )
 
 
+_PG_STAGE: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS datamon_objects_in "
+    "(LIKE objects INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+_PG_COLUMNS: Final = '(key, pack, "offset", length, raw_length, kind, compression)'
+
+
+def _pg_add_objects(conn: Any, rows: list[tuple[Any, ...]]) -> None:
+    """Index rows (distinct keys, in key order) on PostgreSQL: COPY into a temporary table of
+    this transaction, then one INSERT … ON CONFLICT DO NOTHING from it. Row by row, the same
+    INSERT costs several times as long (SQLAlchemy's parameters and one round of the protocol
+    per batch); COPY cannot skip keys already indexed by itself."""
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur:
+        cur.execute(_PG_STAGE)
+        with cur.copy(f"COPY datamon_objects_in {_PG_COLUMNS} FROM STDIN") as cp:
+            for row in rows:
+                cp.write_row(row)
+        cur.execute(
+            f"INSERT INTO objects {_PG_COLUMNS} SELECT {_PG_COLUMNS[1:-1]} FROM datamon_objects_in "
+            "ORDER BY key ON CONFLICT (key) DO NOTHING"
+        )
+        cur.execute("TRUNCATE datamon_objects_in")
+
+
 def _index_row(row: Any) -> IndexRow:
     return (bytes(row[0]), row[1], row[2], row[3], row[4], row[5], row[6])
 
@@ -151,23 +176,13 @@ class ObjectIndexMixin(StoreBase):
             if self._dialect == "sqlite":
                 conn.exec_driver_sql(_SQLITE_ADD_OBJECTS, tuples)
                 return
-            rows = []
+            unique = []
             prev = None
             for t in tuples:
                 if t[0] != prev:
                     prev = t[0]
-                    rows.append(
-                        {
-                            "key": t[0],
-                            "pack": t[1],
-                            "offset": t[2],
-                            "length": t[3],
-                            "raw_length": t[4],
-                            "kind": t[5],
-                            "compression": t[6],
-                        }
-                    )
-            conn.execute(self._insert(objects).on_conflict_do_nothing(index_elements=["key"]), rows)
+                    unique.append(t)
+            _pg_add_objects(conn, unique)
 
     def list_packs(self) -> list[PackRecord]:
         """Every recorded pack, sorted by name."""
