@@ -122,6 +122,11 @@ def test_add_packs_keeps_first_writer(store: MetadataStore, packs: list[list[tup
     found = store.lookup_objects([key(ns + k) for k in range(41)])
     assert {k: (r[1], r[2]) for k, r in found.items()} == model
     assert {p.name for p in store.list_packs()} >= {name for name, _, _ in batch}
+    # the same keys again, in other packs (another uploader's): the indexed rows stay
+    again = [(hex_id(f"{ns}/again/{n}"), 1, entries) for n, (_, _, entries) in enumerate(batch)]
+    store.add_packs([*again, (hex_id(f"{ns}/extra"), 1, [(key(ns + 99), 7, 1, 1, 0, 0)])])
+    found = store.lookup_objects([key(ns + k) for k in [*range(41), 99]])
+    assert {k: (r[1], r[2]) for k, r in found.items()} == {**model, key(ns + 99): (hex_id(f"{ns}/extra"), 7)}
 
 
 def test_lfs_objects(store: MetadataStore) -> None:
