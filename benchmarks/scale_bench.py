@@ -2,6 +2,7 @@
 """datamon at scale (the issue 3 targets run.py does not cover): one command, one table.
 
     python benchmarks/scale_bench.py [--big-gib 4] [--files 200000] [--repeat 3] [--workdir DIR] [--keep]
+                                     [--attributes [--attr-files 1000000] [--attr-tree PATH] [--engines E]]
 
 1. Peak memory of `datamon bundle upload` of one big file (4 GiB; alternating 1 MiB blocks of random
    bytes and CSV-like text, written to disk first), measured as the process's peak RSS with GNU time
@@ -13,7 +14,11 @@
    `datamon bundle diff A..B` (10 `U` lines). Targets: <= 3 s and <= 0.5 s. Best of --repeat runs.
 
 Also prints whole-process seconds of `datamon label get` and `datamon bundle get` on that repo
-(target <= 0.3 s). Standard library + datamon; needs GNU time (`apt-get install time`) for item 1.
+(target <= 0.3 s). `--attributes` then runs issue 11's targets (a 1,000,000-file bundle with 5
+attribute columns, on SQLite and PostgreSQL: upload cost of attributes, a selective filter, a
+GROUP BY, a slice of 100,000 files, database growth): `query_bench.py`, with its own table.
+`--big-gib 0 --files 0 --attributes` runs only those. Standard library + datamon; needs GNU time
+(`apt-get install time`) for item 1.
 """
 
 from __future__ import annotations
@@ -136,6 +141,14 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="best of N for the timed commands")
     p.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument(
+        "--attributes",
+        action="store_true",
+        help="then issue 11's bundle with 5 attribute columns on SQLite and PostgreSQL (query_bench.py)",
+    )
+    p.add_argument("--attr-files", type=int, default=1_000_000, help="files of that bundle")
+    p.add_argument("--attr-tree", type=Path, help="an existing tree of that many files (read-only)")
+    p.add_argument("--engines", default="sqlite,postgresql", help="engines of the attributes benchmark")
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="datamon-scale-", dir=args.workdir))
@@ -143,7 +156,7 @@ def main() -> None:
     env = {**os.environ, "DATAMON_HOME": str(home)}
     try:
         big = bench_big_file_rss(work, env, args.big_gib) if args.big_gib > 0 else {}
-        many = bench_many_files(home, env, args.files, args.repeat)
+        many = bench_many_files(home, env, args.files, args.repeat) if args.files > 0 else {}
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -159,17 +172,27 @@ def main() -> None:
                 verdict(big["big_rss_mib"], 300),
             )
         )
-    n = f"{int(many['files']):,}"
+    n = f"{int(many['files']):,}" if many else ""
     for what, key, limit in (
         (f"`bundle list files`, {n}-file bundle", "list_files_s", 3.0),
         (f"`bundle diff A..B`, {n} files, 10 differ", "diff_s", 0.5),
         ("`label get`, whole process", "label_get_s", 0.3),
         ("`bundle get`, whole process", "bundle_get_s", 0.3),
     ):
-        rows.append((what, f"{many[key]:.2f} s", f"<= {limit:g} s", verdict(many[key], limit)))
+        if key in many:
+            rows.append((what, f"{many[key]:.2f} s", f"<= {limit:g} s", verdict(many[key], limit)))
     print("| what | result | target | |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
+    if args.attributes:  # issue 11's scale targets, with their own table
+        cmd = [
+            sys.executable,
+            str(Path(__file__).with_name("query_bench.py")),
+            "--files",
+            str(args.attr_files),
+        ]
+        cmd += ["--engines", args.engines] + (["--tree", str(args.attr_tree)] if args.attr_tree else [])
+        subprocess.run(cmd, check=True)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 ``AttrPlan`` decides, before the walk, where the rows are read and when the bundle is indexed
 (docs/query.md, "The file index"):
 
-- **a worker process** (``api/attrworker.py``) when the rows come from a file and the parent has
-  none to carry over: it reads and checks them, indexes the directories the walk reports and
-  stores the attributes object, while the upload's main process walks;
+- **a worker process** (``api/attrworker.py``) when the rows come from a file (of ``WORKER_BYTES``
+  or more) and the parent has none to carry over: it reads and checks them, indexes the
+  directories the walk reports and stores the attributes object, while the upload's main
+  process walks;
 - **this process, indexing as it walks** (``api/walkindex.py``) when every row is known before
   the walk otherwise (rows given in memory, or for every path the parent has rows for);
 - **this process, indexing after the walk** when rows are carried over from the parent (which
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from datamon.meta.records import BundleRecord
 
 ATTR_WORKER = True  # read an attributes file in a worker process (tests turn it off)
+WORKER_BYTES = 4 << 20  # an attributes file this large is worth a worker process (~0.3 s to start)
 
 
 class AttrPlan:
@@ -125,6 +127,11 @@ def _attr_worker(ctx: Context, path: str | os.PathLike[str], source: Any, schema
 
     if not ATTR_WORKER or not can_share(ctx):
         return None
+    try:
+        if os.stat(source).st_size < WORKER_BYTES:
+            return None
+    except OSError:
+        return None  # the caller reads it, and says what is wrong with it
     try:
         worker = AttrWorker(ctx, check_root(path), os.fspath(source), schema)
     except AttrWorkerError:

@@ -216,8 +216,9 @@ def test_attributes_worker_indexes_as_the_walk_goes(
 ) -> None:
     """Rows from a file are read (in two halves at once when ``split``), checked and indexed by a
     worker process: the bundle's attributes and index are those of the same rows given in memory."""
-    from datamon.api import attrfiles, attrworker
+    from datamon.api import attrfiles, attrworker, uploadattrs
 
+    monkeypatch.setattr(uploadattrs, "WORKER_BYTES", 0)
     monkeypatch.setattr(attrfiles, "SPLIT_BYTES", 1 if split else 1 << 40)
     started: list[str] = []
     checked = attrworker.AttrWorker.checked
@@ -258,9 +259,10 @@ def test_attributes_worker_refuses_bad_rows_before_writing(
 ) -> None:
     """Errors in either half of a file read in two halves: the first in the file is named, and
     nothing is written (no blob, no bundle)."""
-    from datamon.api import attrfiles
+    from datamon.api import attrfiles, uploadattrs
     from datamon.errors import UsageError
 
+    monkeypatch.setattr(uploadattrs, "WORKER_BYTES", 0)
     monkeypatch.setattr(attrfiles, "SPLIT_BYTES", 1)
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
