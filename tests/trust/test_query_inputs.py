@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,7 +61,7 @@ def test_writes_are_refused_by_the_database(store: Store, tmp_path: Path) -> Non
 
 
 def test_writes_are_refused_by_the_standard_library_sqlite_too(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where pysqlite3 is not installed, `datamon query` uses Python's own sqlite3 (an older
     SQLite): the same refusals, the same one-line errors."""
@@ -68,10 +69,13 @@ def test_writes_are_refused_by_the_standard_library_sqlite_too(
 
     from datamon.meta import query
 
-    if store.kind != "sqlite":
-        pytest.skip("SQLite only")
+    blob_dir = tmp_path / "blobs"
+    blob_dir.mkdir()
+    meta = f"sqlite:///{tmp_path}/meta.db"
+    assert dm("context", "create", "q", "--blob", blob_dir.as_uri(), "--meta", meta).code == 0
+    monkeypatch.setenv("DATAMON_CONTEXT", "q")
     monkeypatch.setattr(query, "_sqlite_module", lambda: importlib.import_module("sqlite3"))
-    test_writes_are_refused_by_the_database(store, tmp_path)
+    test_writes_are_refused_by_the_database(Store("sqlite", blob_dir, meta, dm), tmp_path)
 
 
 def test_a_query_that_runs_too_long_is_stopped(store: Store) -> None:
