@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from datamon import errors
+from datamon.api.walkindex import DirReports, Event
 
 if TYPE_CHECKING:
     from datamon.api.attributes import Schema
@@ -51,12 +52,12 @@ def can_share(ctx: Context) -> bool:
     return True
 
 
-class AttrWorker:
-    """The parent's side: ``start`` (reads and checks the rows, raising what they break), then the
-    walk's reports (``dir_done``, ``dir_reused``, ``restart``, as ``WalkIndexer``), ``finish``."""
+class AttrWorker(DirReports):
+    """The parent's side: ``checked`` (the rows are read and checked, raising what they break),
+    then the walk's reports (``DirReports``: batched and sent to the worker), ``finish``."""
 
     def __init__(self, ctx: Context, root: str, source: str, schema: Schema | None) -> None:
-        self._batch: list[tuple[Any, ...]] = []
+        self._batch: list[Event] = []
         self._entries = 0
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
@@ -129,7 +130,7 @@ class AttrWorker:
         raise RuntimeError(f"the attributes worker failed:\n{msg[1] if len(msg) > 1 else msg}")
 
     # -- the walk's reports -------------------------------------------------------------------
-    def _put(self, ev: tuple[Any, ...], entries: int) -> None:
+    def _put(self, ev: Event, entries: int) -> None:
         self._batch.append(ev)
         self._entries += entries + 1
         if self._entries >= BATCH_ENTRIES:
@@ -142,22 +143,6 @@ class AttrWorker:
                 self._send.send(("events", batch))
             except OSError:  # the worker is gone: what it said is read by ``finish``
                 pass
-
-    def restart(self) -> None:
-        self._put(("restart",), 0)
-
-    def dir_reused(self, path: bytes, tree: bytes) -> None:
-        self._put(("reused", path, tree), 1)
-
-    def dir_done(
-        self,
-        path: bytes,
-        tree: bytes,
-        files: tuple[list[bytes], list[int], list[int], list[int], list[bytes]],
-        links: list[tuple[bytes, bytes, int, int]],
-        subs: list[tuple[bytes, int, int, bytes, int, int]],
-    ) -> None:
-        self._put(("done", path, tree, files, links, subs), len(files[0]) + len(links) + len(subs))
 
     def finish(self) -> tuple[bytes, str | None]:
         """The root index node and the attributes key (``None``: every row was empty), once the
@@ -234,12 +219,7 @@ def _serve(inp: Connection, out: Connection) -> None:
                 return
             if msg[0] == "events":
                 for ev in msg[1]:
-                    if ev[0] == "done":
-                        indexer.dir_done(*ev[1:])
-                    elif ev[0] == "reused":
-                        indexer.dir_reused(ev[1], ev[2])
-                    else:
-                        indexer.restart()
+                    indexer.report(ev)
             elif msg[0] == "end":
                 try:
                     node = indexer.finish()

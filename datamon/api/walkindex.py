@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Mapping
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from datamon.api.fileindex import (
     NO_ATTRS,
@@ -41,9 +41,25 @@ _ZERO_KEY = bytes(32)  # a symlink's key in a tree
 _by_name = itemgetter(0)
 
 
-class DirReports(Protocol):
-    """What an upload's walk reports as it finishes directories (``WalkIndexer``, and
-    ``api/attrworker.py``'s ``AttrWorker``, which hands them to one in a worker process)."""
+Event = tuple[Any, ...]  # ("done", path, tree, files, links, subs) | ("reused", path, tree) | ("restart",)
+
+
+class DirReports:
+    """What an upload's walk reports as it finishes directories, each report made an ``Event``
+    and handed to ``_put`` with the number of entries it carries: ``WalkIndexer`` queues them
+    for its thread, ``api/attrworker.py``'s ``AttrWorker`` sends them to one in a worker
+    process, which hands them on with ``WalkIndexer.report``."""
+
+    def _put(self, ev: Event, entries: int) -> None:
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        """The walk starts again: forget directories it reported reused (nodes written stay)."""
+        self._put(("restart",), 0)
+
+    def dir_reused(self, path: bytes, tree: bytes) -> None:
+        """The directory at ``path`` is tree ``tree``, taken from the stat cache unread."""
+        self._put(("reused", path, tree), 1)
 
     def dir_done(
         self,
@@ -52,14 +68,15 @@ class DirReports(Protocol):
         files: tuple[list[bytes], list[int], list[int], list[int], list[bytes]],
         links: list[tuple[bytes, bytes, int, int]],
         subs: list[tuple[bytes, int, int, bytes, int, int]],
-    ) -> None: ...
+    ) -> None:
+        """The walk encoded tree ``tree`` for the directory at ``path``: ``files`` are the columns
+        (names, modes, mtimes_ns, sizes, keys), ``links`` (name, target, mode, mtime_ns), ``subs``
+        the subdirectories as the walk keeps them (name, mode, mtime_ns, tree, files, bytes).
+        The lists are the receiver's from now on (the walk does not change them again)."""
+        self._put(("done", path, tree, files, links, subs), len(files[0]) + len(links) + len(subs))
 
-    def dir_reused(self, path: bytes, tree: bytes) -> None: ...
 
-    def restart(self) -> None: ...
-
-
-class WalkIndexer:
+class WalkIndexer(DirReports):
     """The file index of one upload, built from the walk's directories (``dir_done``,
     ``dir_reused``) for the attribute rows ``lines`` (path -> object line, ``""``: none).
 
@@ -90,7 +107,7 @@ class WalkIndexer:
         self._thread.start()
 
     # -- the walk's side ---------------------------------------------------------------------
-    def _put(self, ev: tuple[Any, ...], entries: int) -> None:
+    def _put(self, ev: Event, entries: int) -> None:
         with self._cv:
             while self._queued > self.QUEUE_ENTRIES and self._error is None and self._queue:
                 self._cv.wait(0.5)
@@ -100,27 +117,9 @@ class WalkIndexer:
             self._queued += entries
             self._cv.notify_all()
 
-    def restart(self) -> None:
-        """The walk starts again: forget directories it reported reused (nodes written stay)."""
-        self._put(("restart",), 0)
-
-    def dir_reused(self, path: bytes, tree: bytes) -> None:
-        """The directory at ``path`` is tree ``tree``, taken from the stat cache unread."""
-        self._put(("reused", path, tree), 1)
-
-    def dir_done(
-        self,
-        path: bytes,
-        tree: bytes,
-        files: tuple[list[bytes], list[int], list[int], list[int], list[bytes]],
-        links: list[tuple[bytes, bytes, int, int]],
-        subs: list[tuple[bytes, int, int, bytes, int, int]],
-    ) -> None:
-        """The walk encoded tree ``tree`` for the directory at ``path``: ``files`` are the columns
-        (names, modes, mtimes_ns, sizes, keys), ``links`` (name, target, mode, mtime_ns), ``subs``
-        the subdirectories as the walk keeps them (name, mode, mtime_ns, tree, files, bytes).
-        The lists are the indexer's from now on (the walk does not change them again)."""
-        self._put(("done", path, tree, files, links, subs), len(files[0]) + len(links) + len(subs))
+    def report(self, ev: Event) -> None:
+        """A report the walk made as an ``Event`` elsewhere (``AttrWorker``'s worker process)."""
+        self._put(ev, _entries(ev))
 
     def finish(self) -> bytes:
         """Wait for every node to be written; the root node (the bundle's index row)."""
@@ -269,7 +268,7 @@ class WalkIndexer:
                 index_tree(self.ctx, self.w, nid, tree, adir, self.emitted)
 
 
-def _entries(ev: tuple[Any, ...]) -> int:
+def _entries(ev: Event) -> int:
     if ev[0] == "done":
         return len(ev[3][0]) + len(ev[4]) + len(ev[5])
     return 1 if ev[0] == "reused" else 0
