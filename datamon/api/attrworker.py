@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from datamon import errors
+from datamon.api.dirwalk import start_child
 from datamon.api.walkindex import DirReports, Event
 
 if TYPE_CHECKING:
@@ -59,27 +60,15 @@ class AttrWorker(DirReports):
     def __init__(self, ctx: Context, root: str, source: str, schema: Schema | None) -> None:
         self._batch: list[Event] = []
         self._entries = 0
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
         env = dict(os.environ)
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "datamon.api.attrworker"],
-                stdin=to_child_r,
-                stdout=from_child_w,
-                close_fds=True,
-                env=env,
+            self._proc, self._send, self._recv = start_child(
+                [sys.executable, "-m", "datamon.api.attrworker"], env
             )
         except OSError as e:
-            for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
-                os.close(fd)
             raise AttrWorkerError(f"cannot start the attributes worker: {e}") from e
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self._send = Connection(to_child_w, readable=False)
-        self._recv = Connection(from_child_r, writable=False)
         args = {
             "blob_url": ctx.blob_url,
             "meta_url": ctx.meta_url,
@@ -237,12 +226,9 @@ def _serve(inp: Connection, out: Connection) -> None:
 
 
 def main() -> None:
-    import signal
+    from datamon.api.dirscan import child_connections
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    inp = Connection(os.dup(0), writable=False)
-    out = Connection(os.dup(1), readable=False)
-    os.dup2(2, 1)  # anything printed by accident goes to stderr, never into the message stream
+    inp, out = child_connections()
     try:
         _serve(inp, out)
     except (BrokenPipeError, EOFError):

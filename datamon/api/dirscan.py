@@ -445,17 +445,25 @@ def _peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def worker_main() -> None:
-    """A worker process: jobs arrive on stdin, messages leave on stdout (``multiprocessing``
-    connections over the two pipes). Ctrl-C is the parent's business; the worker ends when
-    its stdin closes."""
+def child_connections() -> tuple[Any, Any]:
+    """In a child started by ``dirwalk.start_child``: (input, output) ``multiprocessing``
+    connections over stdin and stdout. Ctrl-C is the parent's business (ignored here), and
+    anything printed by accident goes to stderr, never into the message stream."""
     import signal
     from multiprocessing.connection import Connection
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     inp = Connection(os.dup(0), writable=False)
     out = Connection(os.dup(1), readable=False)
-    os.dup2(2, 1)  # anything printed by accident goes to stderr, never into the message stream
+    os.dup2(2, 1)
+    return inp, out
+
+
+def worker_main() -> None:
+    """A worker process: jobs arrive on stdin, messages leave on stdout (``multiprocessing``
+    connections over the two pipes). Ctrl-C is the parent's business; the worker ends when
+    its stdin closes."""
+    inp, out = child_connections()
     try:
         cache_path, small_limit, level = inp.recv()
     except EOFError:

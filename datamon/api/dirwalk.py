@@ -39,6 +39,25 @@ _BOOT = (
 )
 
 
+def start_child(
+    argv: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Connection, Connection]:
+    """Start ``argv`` talking ``multiprocessing`` connections over its stdin and stdout (the
+    child takes them with ``dirscan.child_connections``): (process, send, receive). Raises
+    ``OSError`` if it cannot start, leaving no descriptor open."""
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    try:
+        proc = subprocess.Popen(argv, stdin=to_child_r, stdout=from_child_w, close_fds=True, env=env)
+    except OSError:
+        for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
+            os.close(fd)
+        raise
+    os.close(to_child_r)
+    os.close(from_child_w)
+    return proc, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False)
+
+
 class ThreadLister:
     """``list_dir`` jobs on a pool of threads."""
 
@@ -132,24 +151,11 @@ class ProcessLister:
     def _start(self, index: int, init: tuple[Any, ...]) -> _Worker:
         if not sys.executable:
             raise WorkerStartError("no Python executable to start upload workers with")
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, dirscan.__file__],
-                stdin=to_child_r,
-                stdout=from_child_w,
-                close_fds=True,
-            )
+            proc, send, recv = start_child([sys.executable, "-c", _BOOT, dirscan.__file__])
         except OSError as e:
-            for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
-                os.close(fd)
             raise WorkerStartError(f"cannot start an upload worker: {e}") from e
-        os.close(to_child_r)
-        os.close(from_child_w)
-        w = _Worker(
-            index, proc, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False)
-        )
+        w = _Worker(index, proc, send, recv)
         try:
             w.send.send(init)
         except OSError as e:

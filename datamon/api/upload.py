@@ -226,19 +226,14 @@ def upload_tree(
     _quiet_gc()
     try:
         with cas.writing(concurrency=workers) as ing:
-            walk = _Walk(
-                ctx,
-                ing,
-                statcache,
-                root,
-                local_top,
-                errors,
-                workers,
-                progress,
-                scope,
-                use_dirs=True,
-                indexer=indexer,
-            )
+
+            def new_walk(use_dirs: bool) -> _Walk:
+                return _Walk(
+                    ctx, ing, statcache, root, local_top, errors, workers, progress, scope,
+                    use_dirs=use_dirs, indexer=indexer,
+                )  # fmt: skip
+
+            walk = new_walk(True)
             try:
                 tree_key, nfiles, nbytes = walk.run()
             except _Restart:
@@ -246,19 +241,7 @@ def upload_tree(
                 first = walk
                 if indexer is not None:
                     indexer.restart()
-                walk = _Walk(
-                    ctx,
-                    ing,
-                    statcache,
-                    root,
-                    local_top,
-                    errors,
-                    workers,
-                    progress,
-                    scope,
-                    use_dirs=False,
-                    indexer=indexer,
-                )
+                walk = new_walk(False)
                 walk.new_bytes = first.new_bytes
                 tree_key, nfiles, nbytes = walk.run()
             stored = ing.writer.stored_bytes
