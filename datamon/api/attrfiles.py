@@ -357,13 +357,6 @@ def read_attr_lines(source: Any, schema: Schema | None = None) -> dict[str, str]
     return reader.add_all(source)
 
 
-def read_attributes(source: Any, schema: Schema | None = None) -> dict[str, Row]:
-    """Attribute rows by path (``read_attr_lines`` decoded): for callers that want the values."""
-    from datamon.api.attributes import row_of_line
-
-    return {p: row_of_line(line) for p, line in read_attr_lines(source, schema).items()}
-
-
 def missing_files(root: str, paths: Iterable[str]) -> set[str]:
     """Those of ``paths`` that are not regular files the walk of ``root`` reaches: each directory
     they name is checked to be a directory reached without a symlink, and listed once."""

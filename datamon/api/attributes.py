@@ -361,18 +361,9 @@ def _path_order(p: str) -> bytes:
     return p.encode("utf-8")
 
 
-def encode_attrs(rows: Mapping[str, Row]) -> bytes:
-    """The canonical attributes object: one line per path with a non-empty row, in path byte order,
-    each ``{"path": ..., column: value, ...}`` in compact sorted JSON, ending in a newline."""
-    return encode_attr_lines(lines_of_rows(rows))
-
-
-def line_of(path: str, row: Row) -> str:
-    """The object line of ``row`` at ``path`` (``""`` for an empty row: no line)."""
-    return _ENCODER.encode({**row, "path": path}) if row else ""
-
-
 def lines_of_rows(rows: Mapping[str, Row]) -> dict[str, str]:
+    """Rows as their lines in the attributes object: canonical JSON of the row with its path
+    (``""`` for an empty row: it has no line)."""
     enc = _row_encoder()
     return {p: enc({**r, "path": p}) if r else "" for p, r in rows.items()}
 
@@ -387,7 +378,9 @@ def row_of_line(line: str) -> Row:
 
 
 def encode_attr_lines(lines: Mapping[str, str]) -> bytes:
-    """``encode_attrs`` of rows given as their object lines (``line_of``; ``""`` lines are left out)."""
+    """The canonical attributes object of rows given as their lines (``lines_of_rows``; ``""``
+    lines are left out): one line per path with a non-empty row, in path byte order, each
+    ``{"path": ..., column: value, ...}`` in compact sorted JSON, ending in a newline."""
     # path byte order is code point order: UTF-8 keeps it (and a surrogate fails the encode below)
     paths = sorted(p for p, line in lines.items() if line)
     text = "\n".join([lines[p] for p in paths])
@@ -464,7 +457,7 @@ def store_attrs(ctx: Context, rows: Mapping[str, Row]) -> str | None:
 
 
 def store_attr_lines(ctx: Context, lines: Mapping[str, str]) -> str | None:
-    """``store_attrs`` of rows given as their object lines (``line_of``)."""
+    """``store_attrs`` of rows given as their object lines (``lines_of_rows``)."""
     packed = pack_attr_lines(lines)
     return put_packed(ctx, packed) if packed is not None else None
 
@@ -597,7 +590,7 @@ def unchanged_files(ctx: Context, old_tree: str, new_tree: str, paths: Iterable[
 class Extras:
     """Meta and attributes of a bundle being made. ``prepare`` checks everything that can be
     checked before a byte is written; ``finish`` carries rows over and stores the object.
-    Rows are kept as their object lines (``line_of``: canonical JSON with the path; ``""`` for
+    Rows are kept as their object lines (``lines_of_rows``: canonical JSON with the path; ``""`` for
     a row with no value), a million of them in a few hundred MiB."""
 
     repo: str

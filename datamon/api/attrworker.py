@@ -169,11 +169,11 @@ class AttrWorker(DirReports):
 
 
 def _serve(inp: Connection, out: Connection) -> None:
-    from concurrent.futures import ThreadPoolExecutor
 
     from datamon.api.attrfiles import merge_parts, missing_files, read_attr_lines, read_jsonl_part
     from datamon.api.attributes import Extras, pack_attr_lines, put_packed
     from datamon.api.context import Context
+    from datamon.api.uploadattrs import in_background
     from datamon.api.walkindex import WalkIndexer
 
     try:
@@ -198,9 +198,8 @@ def _serve(inp: Connection, out: Connection) -> None:
     out.send(("ok",))
     ctx = Context(args.pop("blob_url"), args.pop("meta_url"), **args)
     indexer = WalkIndexer(ctx, root, lines)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datamon-attrs-encode")
     try:
-        encoding = pool.submit(pack_attr_lines, lines)
+        encoding = in_background(pack_attr_lines, lines)
         while True:
             try:
                 msg = inp.recv()
@@ -221,7 +220,6 @@ def _serve(inp: Connection, out: Connection) -> None:
                 return
     finally:
         indexer.close()
-        pool.shutdown(wait=False, cancel_futures=True)
         ctx.close()
 
 

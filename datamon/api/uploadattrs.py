@@ -73,7 +73,7 @@ class AttrPlan:
 
             lines = extras.lines or {}
             self._indexer = WalkIndexer(ctx, check_root(path), lines)
-            self._packing = _in_background(attrs.pack_attr_lines, lines)
+            self._packing = in_background(attrs.pack_attr_lines, lines)
 
     @property
     def check_paths(self) -> Callable[[Callable[[Iterable[str]], set[str]]], None] | None:
@@ -140,7 +140,7 @@ def _attr_worker(ctx: Context, path: str | os.PathLike[str], source: Any, schema
     return worker
 
 
-def _in_background(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+def in_background(fn: Callable[..., Any], *args: Any) -> Future[Any]:
     """``fn(*args)`` on a thread of its own; its result (or exception) through the future."""
     fut: Future[Any] = Future()
 
