@@ -225,35 +225,42 @@ def build(
     trie = attr_trie(texts) if texts else None
     root_tree = bytes.fromhex(tree)
     root = dir_node(root_tree, trie.digest if trie is not None else NO_ATTRS)
-    meta = ctx.meta
-    if meta.present_nodes([root]):
-        meta.touch_index_nodes([root])  # shared: gc keeps it (and what it reaches) a grace period more
-        return root
     w = NodeWriter(ctx)
     try:
-        index_tree(ctx, w, root, root_tree, trie, set(), trees)
+        index_tree(ctx, w, [(root, root_tree, trie)], set(), trees)
         w.flush()
     finally:
         w.close()
     return root
 
 
+IndexDir = tuple[bytes, bytes, "AttrDir | None"]  # a directory to index: node id, tree key, attributes
+
+
+def unindexed(ctx: Context, dirs: list[IndexDir], emitted: set[bytes]) -> list[IndexDir]:
+    """Those of ``dirs`` whose node is neither in the index nor in ``emitted``. Those in the
+    index are re-timed: shared, so gc keeps them (and what they reach) a grace period more."""
+    ids = list({d[0] for d in dirs if d[0] not in emitted})
+    have = ctx.meta.present_nodes(ids) if ids else set()
+    if have:
+        ctx.meta.touch_index_nodes(have)
+    return [d for d in dirs if d[0] not in have and d[0] not in emitted]
+
+
 def index_tree(
     ctx: Context,
     w: NodeWriter,
-    root: bytes,
-    root_tree: bytes,
-    adir: AttrDir | None,
+    dirs: list[IndexDir],
     emitted: set[bytes],
     trees: Mapping[bytes, list[TreeEntry]] | None = None,
 ) -> None:
-    """Write node ``root`` (of tree ``root_tree`` with attributes ``adir``) and every node below it
-    that is not in the index yet nor in ``emitted`` (nodes this writer already has, which it
-    grows), children first, reading trees from the store (or ``trees``)."""
-    meta = ctx.meta
-    cas = ctx.cas
+    """Write the nodes of directories ``dirs`` and of everything below them that are not in the
+    index yet nor in ``emitted`` (nodes this writer already has, which it grows), children
+    first, reading trees from the store (or ``trees``)."""
     # post-order walk: (node id, tree key, attrs of this directory, items or None before expansion)
-    stack: list[tuple[bytes, bytes, AttrDir | None, list[Item] | None]] = [(root, root_tree, adir, None)]
+    stack: list[tuple[bytes, bytes, AttrDir | None, list[Item] | None]] = [
+        (nid, tkey, adir, None) for nid, tkey, adir in reversed(unindexed(ctx, dirs, emitted))
+    ]
     while stack:
         node_id, tkey, adir, items = stack.pop()
         if items is not None:
@@ -261,7 +268,7 @@ def index_tree(
             emitted.add(node_id)
             continue
         known = trees.get(tkey) if trees is not None else None
-        entries = known if known is not None else cas.read_tree(tkey)
+        entries = known if known is not None else ctx.cas.read_tree(tkey)
         items = []
         children: list[tuple[bytes, bytes, AttrDir | None]] = []
         afiles = adir.files if adir is not None else _NO_FILES
@@ -280,12 +287,9 @@ def index_tree(
                 add(("f", text, (text, int(kind), size, key, mode, mtime, afiles.get(name))))
         stack.append((node_id, tkey, adir, items))
         if children:
-            have = meta.present_nodes(list({c[0] for c in children}))
-            if have:
-                meta.touch_index_nodes(have)
-            for cid, ckey, sub in reversed(children):
-                if cid not in have and cid not in emitted:
-                    stack.append((cid, ckey, sub, None))
+            stack.extend(
+                (cid, ckey, sub, None) for cid, ckey, sub in reversed(unindexed(ctx, children, emitted))
+            )
 
 
 def index_bundle(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from datamon.api.fileindex import (
     NO_ATTRS,
     AttrDir,
+    IndexDir,
     Item,
     NodeWriter,
     attr_trie,
@@ -93,7 +94,7 @@ class WalkIndexer(DirReports):
         self.root_path = rb
         self.w = NodeWriter(ctx)
         self.emitted: set[bytes] = set()
-        self.reused: dict[bytes, list[tuple[bytes, bytes, AttrDir | None]]] = {}  # parent path -> children
+        self.reused: dict[bytes, list[IndexDir]] = {}  # parent path -> children
         self.dirs: dict[bytes, AttrDir | None] = {}
         self.trie: AttrDir | None = None
         self.root: bytes | None = None
@@ -254,18 +255,9 @@ class WalkIndexer(DirReports):
         emit_dir(self.w, nid, [item for _, item in rows])
         self.emitted.add(nid)
 
-    def _complete(self, kids: list[tuple[bytes, bytes, AttrDir | None]]) -> None:
+    def _complete(self, kids: list[IndexDir]) -> None:
         """Index the reused directories ``kids`` that neither the index nor this upload has."""
-        todo = [k for k in kids if k[0] not in self.emitted]
-        if not todo:
-            return
-        meta = self.ctx.meta
-        have = meta.present_nodes([k[0] for k in todo])
-        if have:
-            meta.touch_index_nodes(have)
-        for nid, tree, adir in todo:
-            if nid not in have and nid not in self.emitted:
-                index_tree(self.ctx, self.w, nid, tree, adir, self.emitted)
+        index_tree(self.ctx, self.w, kids, self.emitted)
 
 
 def _entries(ev: Event) -> int:
